@@ -1,0 +1,22 @@
+"""Model knowledge: where blocks, attention modules and projections are, per ``config.model_type``."""
+
+from lightning_inflect.adapters.discovery import (
+    LayerDiscoveryError,
+    LayerInfo,
+    check_layer_indices,
+    find_attention_modules,
+    find_hf_model,
+    find_layers,
+)
+from lightning_inflect.adapters.table import MODEL_LAYOUTS, ModelLayout
+
+__all__ = [
+    "MODEL_LAYOUTS",
+    "LayerDiscoveryError",
+    "LayerInfo",
+    "ModelLayout",
+    "check_layer_indices",
+    "find_attention_modules",
+    "find_hf_model",
+    "find_layers",
+]

@@ -1,0 +1,8 @@
+"""Lightning callbacks: thin glue over the pure functions (gate, gather, compute, emit)."""
+
+from lightning_inflect.callbacks.base import layer_key
+from lightning_inflect.callbacks.cka import CKADriftMonitor
+from lightning_inflect.callbacks.entropy import AttentionEntropyMonitor
+from lightning_inflect.callbacks.grads import GradientNormMonitor
+
+__all__ = ["AttentionEntropyMonitor", "CKADriftMonitor", "GradientNormMonitor", "layer_key"]

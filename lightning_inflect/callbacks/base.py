@@ -1,0 +1,255 @@
+"""Shared glue of the inflect monitors: validation, gating on optimizer steps, logging, history, layouts."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_warn
+
+from lightning_inflect.adapters import check_layer_indices
+from lightning_inflect.callbacks.session import ProbeSession
+from lightning_inflect.functional import heatmap_image
+
+__all__ = ["OVERHEAD_KEY", "layer_key"]
+
+OVERHEAD_KEY = "overhead_ms"
+
+
+def layer_key(prefix: str, metric: str, layer: int, head: int | None = None) -> str:
+    """The logged key of one layer (and optionally head): ``inflect/attn_entropy/layer_03/head_11``.
+
+    Example:
+        >>> layer_key("inflect", "cka_drift", 3)
+        'inflect/cka_drift/layer_03'
+        >>> layer_key("inflect", "attn_entropy", 0, head=11)
+        'inflect/attn_entropy/layer_00/head_11'
+    """
+    key = f"{prefix}/{metric}/layer_{layer:02d}"
+    return key if head is None else f"{key}/head_{head:02d}"
+
+
+def _check_positive_int(name: str, value: Any, allow_zero: bool = False) -> None:
+    low = 0 if allow_zero else 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(
+            f"Expected argument `{name}` to be an int >= {low} but got {value!r} ({type(value).__name__})."
+        )
+
+
+def _check_choice(name: str, value: Any, allowed: Sequence[Any]) -> None:
+    if value not in allowed:
+        raise ValueError(f"Expected argument `{name}` to be one of {list(allowed)} but got {value!r}.")
+
+
+class _InflectMonitor(Callback):
+    """Base of the monitors. Subclasses set ``metrics`` and implement the hooks they need."""
+
+    metrics: tuple[str, ...] = ()
+    uses_probe = False
+
+    def __init__(
+        self,
+        every_n_steps: int = 50,
+        layers: Sequence[int] | None = None,
+        model_attr: str | None = None,
+        layers_path: str | None = None,
+        log_key_prefix: str = "inflect",
+        heatmap_every_n_logs: int = 10,
+        probe: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+        probe_batches: int = 1,
+        probe_inputs: Callable[[Any], Mapping[str, Any]] | None = None,
+    ) -> None:
+        _check_positive_int("every_n_steps", every_n_steps)
+        _check_positive_int("heatmap_every_n_logs", heatmap_every_n_logs, allow_zero=True)
+        _check_positive_int("probe_batches", probe_batches)
+        if layers is not None and (isinstance(layers, (str, bytes)) or len(layers) == 0):
+            raise ValueError(
+                f"Expected argument `layers` to be None (all blocks) or a non-empty sequence of block indices "
+                f"but got {layers!r}."
+            )
+        if not isinstance(log_key_prefix, str) or not log_key_prefix or log_key_prefix.endswith("/"):
+            raise ValueError(
+                f"Expected argument `log_key_prefix` to be a non-empty string without a trailing '/' "
+                f"but got {log_key_prefix!r}."
+            )
+        if probe_inputs is not None and not callable(probe_inputs):
+            raise ValueError(f"Expected argument `probe_inputs` to be callable but got {type(probe_inputs).__name__}.")
+        if probe is not None:
+            probe = [probe] if isinstance(probe, Mapping) else list(probe)
+            if not probe or not all(isinstance(b, Mapping) for b in probe):
+                raise ValueError(
+                    "Expected argument `probe` to be a dict of model keyword inputs (or a non-empty list of them) "
+                    f"but got {type(probe).__name__}."
+                )
+        self.every_n_steps = every_n_steps
+        self.layers_arg = None if layers is None else list(layers)
+        self.model_attr = model_attr
+        self.layers_path = layers_path
+        self.log_key_prefix = log_key_prefix
+        self.heatmap_every_n_logs = heatmap_every_n_logs
+        self.probe = probe
+        self.probe_batches = len(probe) if probe is not None else probe_batches
+        self.probe_inputs = probe_inputs
+        self.layers: list[int] = []
+        self.history: dict[str, dict[str, list]] = {m: {"steps": [], "values": []} for m in self.metrics}
+        self._session: ProbeSession | None = None
+        self._warned: set[str] = set()
+        self._last_probe_step: int | None = None
+
+    # ---------------------------------------------------------------------------------------------- identity
+    def _identity(self) -> dict[str, Any]:
+        return {"every_n_steps": self.every_n_steps, "layers": self.layers_arg}
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(**self._identity())
+
+    def same_probe(self, other: _InflectMonitor) -> bool:
+        return (
+            self.probe_batches == other.probe_batches
+            and (self.probe is None) == (other.probe is None)
+            and self.probe_inputs is other.probe_inputs
+        )
+
+    def due(self, step: int) -> bool:
+        return step % self.every_n_steps == 0
+
+    def probe_needs(self) -> tuple[Sequence[int], Sequence[int]]:
+        """(blocks whose attention entropy, blocks whose pooled outputs) this monitor needs from the probe."""
+        return (), ()
+
+    # ---------------------------------------------------------------------------------------------- lifecycle
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        self._session = ProbeSession.attach(trainer, pl_module, self)
+        self.layers = check_layer_indices(self.layers_arg, self._session.info.num_layers)
+        if not trainer.loggers:
+            self._warn_once(
+                "no_logger",
+                f"{type(self).__name__} has no logger to write to (the Trainer has `logger=False`): its values are "
+                "kept in `.history` only. Attach a logger, for example `TensorBoardLogger('runs')`.",
+            )
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        session = self._require_session()
+        if self.uses_probe and session.probe_owner is self and self.probe is not None and not session.probe_complete:
+            session.set_probe(self.probe)
+            session.probe(-1, trainer)  # fails now, with a clear error, if the model cannot take the probe
+        if session.members and session.members[0] is self and trainer.is_global_zero:
+            self._write_layout(trainer, session)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int):
+        session = self._require_session()
+        if self.uses_probe and session.probe_owner is self and not session.probe_complete:
+            with session.timed(trainer.global_step):
+                session.observe_batch(batch, self.probe_inputs, self.probe_batches)
+        step = trainer.global_step
+        if self.uses_probe and session.probe_complete and self.due(step) and self._last_probe_step != step:
+            self._last_probe_step = step
+            with session.timed(step):
+                self.on_probe(trainer, session, step)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, idx):
+        session = self._require_session()
+        if session.members and session.members[0] is self:
+            for step, seconds in sorted(session.pop_overhead(trainer.global_step).items()):
+                self._log(trainer, {f"{self.log_key_prefix}/{OVERHEAD_KEY}": seconds * 1000.0}, step)
+
+    def on_probe(self, trainer: pl.Trainer, session: ProbeSession, step: int) -> None:
+        """Called once per logging step when the probe is available (monitors that use it)."""
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._cleanup(trainer)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._cleanup(trainer)
+
+    def _cleanup(self, trainer: pl.Trainer) -> None:
+        ProbeSession.detach(trainer, self)
+        self._session = None
+
+    def _require_session(self) -> ProbeSession:
+        if self._session is None:
+            raise RuntimeError(f"{type(self).__name__} was used before `setup(stage='fit')`; attach it to a Trainer.")
+        return self._session
+
+    # ------------------------------------------------------------------------------------------------- output
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            rank_zero_warn(message)
+
+    def _log(self, trainer: pl.Trainer, metrics: Mapping[str, float], step: int) -> None:
+        for logger in trainer.loggers:
+            logger.log_metrics(dict(metrics), step=step)
+
+    def _record(self, trainer: pl.Trainer, metric: str, step: int, values: Sequence[float]) -> dict[str, float]:
+        """Append one per-layer vector to the history, refresh the heatmap every few logs; return the keys to log."""
+        values = [float(v) for v in values]
+        if any(not math.isfinite(v) for v in values):
+            bad = [layer for layer, v in zip(self.layers, values) if not math.isfinite(v)]
+            self._warn_once(
+                f"nonfinite_{metric}",
+                f"{type(self).__name__}: non-finite `{metric}` at step {step} in blocks {bad}; logged as nan/inf. "
+                "This warning is shown once; the values keep being logged as they are.",
+            )
+        hist = self.history[metric]
+        hist["steps"].append(step)
+        hist["values"].append(values)
+        n = len(hist["steps"])
+        if self.heatmap_every_n_logs and n % self.heatmap_every_n_logs == 0 and trainer.is_global_zero:
+            self._write_heatmap(trainer, metric, step)
+        return {layer_key(self.log_key_prefix, metric, i): v for i, v in zip(self.layers, values)}
+
+    def _tensorboard(self, trainer: pl.Trainer) -> list[Any]:
+        return [lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+
+    def _write_heatmap(self, trainer: pl.Trainer, metric: str, step: int) -> None:
+        writers = self._tensorboard(trainer)
+        if not writers:
+            return
+        values = torch.tensor(self.history[metric]["values"], dtype=torch.float32).T  # (layers, logs)
+        image = heatmap_image(values)
+        for w in writers:
+            w.add_image(f"{self.log_key_prefix}/heatmap/{metric}", image, global_step=step, dataformats="CHW")
+
+    def _charts(self) -> dict[str, list]:
+        p = self.log_key_prefix
+        return {m: ["Multiline", [rf"^{p}/{m}/layer_\d+$"]] for m in self.metrics}
+
+    def _write_layout(self, trainer: pl.Trainer, session: ProbeSession) -> None:
+        writers = self._tensorboard(trainer)
+        if not writers:
+            return
+        layout: dict[str, dict[str, list]] = {}
+        for m in session.members:
+            layout.setdefault(m.log_key_prefix, {}).update(m._charts())
+        layout.setdefault(self.log_key_prefix, {})["overhead_ms"] = [
+            "Multiline",
+            [rf"^{self.log_key_prefix}/{OVERHEAD_KEY}$"],
+        ]
+        for w in writers:
+            w.add_custom_scalars(layout)
+
+    # -------------------------------------------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"history": self.history, "last_probe_step": self._last_probe_step}
+        if self.uses_probe and self._session is not None:
+            state["probe"] = self._session.probe_state()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        for metric, hist in state_dict.get("history", {}).items():
+            if metric in self.history:
+                self.history[metric] = {"steps": list(hist["steps"]), "values": [list(v) for v in hist["values"]]}
+        self._last_probe_step = state_dict.get("last_probe_step")
+        probe = state_dict.get("probe")
+        if probe and self._session is not None and not self._session.probe_complete:
+            self._session.set_probe(probe)

@@ -1,0 +1,113 @@
+"""AttentionEntropyMonitor: per-layer attention entropy of a fixed probe batch."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+
+from lightning_inflect.callbacks.base import _check_choice, _InflectMonitor, layer_key
+from lightning_inflect.callbacks.session import ProbeSession
+
+__all__ = ["AttentionEntropyMonitor"]
+
+
+class AttentionEntropyMonitor(_InflectMonitor):
+    r"""Logs the attention entropy of every transformer block, every ``every_n_steps`` optimizer steps.
+
+    On a logging step the probe batch runs once through the model in eval mode under ``no_grad`` (shared with the
+    other inflect monitors); each block's self-attention entropy is computed exactly from the queries, keys, mask and
+    scaling the model itself uses, also under SDPA, without ``output_attentions`` and without switching to eager
+    attention. Formula: :mod:`lightning_inflect.functional.entropy`; mean over valid (not padding) queries, heads and
+    examples, in nats.
+
+    Logged keys (``inflect`` is ``log_key_prefix``; ``LL`` the two-digit block index, ``HH`` the head):
+
+    * ``inflect/attn_entropy/layer_LL``: mean entropy in nats, in ``[0, log T]``.
+    * ``inflect/attn_entropy_normalized/layer_LL``: with ``normalized=True``, each query's entropy divided by
+      ``log(n_valid_keys)``, in ``[0, 1]``.
+    * ``inflect/attn_entropy/layer_LL/head_HH``: with ``per_head=True``.
+    * ``inflect/overhead_ms``: all inflect monitors' own time on the logging step (written once per step).
+    * TensorBoard only: a custom-scalars layout (one chart, one curve per layer) and the image
+      ``inflect/heatmap/attn_entropy`` (layers x logging steps), refreshed every ``heatmap_every_n_logs`` logs.
+
+    Args:
+        every_n_steps: log every N optimizer steps (``trainer.global_step``), not batches.
+        layers: block indices to monitor (negative from the end); None for all.
+        normalized: also log entropy normalised by ``log(n_valid_keys)``.
+        per_head: also log one value per head.
+        reduction: ``"token"`` weighs every valid (example, query) pair equally; ``"example"`` averages each
+            example's queries first.
+        model_attr: attribute path of the Hugging Face model in the LightningModule; found automatically when there
+            is exactly one.
+        layers_path: dotted path of the block ``nn.ModuleList`` in the model, to override the model table.
+        log_key_prefix: first part of every key.
+        heatmap_every_n_logs: refresh the TensorBoard heatmap every N logs of this metric; 0 disables it.
+        probe: a dict of model keyword inputs (or a list of them) to use as the probe; default: the first
+            ``probe_batches`` training batches.
+        probe_batches: how many training batches form the probe when ``probe`` is not given. The first probe (and
+            the CKA reference) is taken at the first logging step after that many batches were seen.
+        probe_inputs: maps a training batch to the model's keyword inputs; default keeps the keys of a dict batch
+            that the model's ``forward`` accepts, minus ``labels``.
+
+    Example:
+        >>> AttentionEntropyMonitor(every_n_steps=50).state_key
+        "AttentionEntropyMonitor{'every_n_steps': 50, 'layers': None}"
+    """
+
+    uses_probe = True
+
+    def __init__(
+        self,
+        every_n_steps: int = 50,
+        layers: Sequence[int] | None = None,
+        normalized: bool = False,
+        per_head: bool = False,
+        reduction: Literal["token", "example"] = "token",
+        model_attr: str | None = None,
+        layers_path: str | None = None,
+        log_key_prefix: str = "inflect",
+        heatmap_every_n_logs: int = 10,
+        probe: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+        probe_batches: int = 1,
+        probe_inputs: Callable[[Any], Mapping[str, Any]] | None = None,
+    ) -> None:
+        _check_choice("reduction", reduction, ["token", "example"])
+        for name, value in (("normalized", normalized), ("per_head", per_head)):
+            if not isinstance(value, bool):
+                raise ValueError(f"Expected argument `{name}` to be a bool but got {value!r}.")
+        self.metrics = ("attn_entropy", "attn_entropy_normalized") if normalized else ("attn_entropy",)
+        super().__init__(
+            every_n_steps, layers, model_attr, layers_path, log_key_prefix, heatmap_every_n_logs, probe,
+            probe_batches, probe_inputs,
+        )  # fmt: skip
+        self.normalized = normalized
+        self.per_head = per_head
+        self.reduction = reduction
+
+    def probe_needs(self) -> tuple[Sequence[int], Sequence[int]]:
+        return self.layers, ()
+
+    def on_probe(self, trainer: pl.Trainer, session: ProbeSession, step: int) -> None:
+        result = session.probe(step, trainer)
+        sums = [result.entropy[layer] for layer in self.layers]
+        per_head = torch.stack([s.mean() for s in sums])  # (layers, heads), one host transfer below
+        count = torch.stack([s.count for s in sums])
+        mean = (per_head * count).sum(1) / count.sum(1)
+        rows = [mean]
+        if self.normalized:
+            rows.append((torch.stack([s.normalized_mean() for s in sums]) * count).sum(1) / count.sum(1))
+        host = torch.cat([r.flatten() for r in rows] + ([per_head.flatten()] if self.per_head else [])).tolist()
+        n = len(self.layers)
+        metrics = self._record(trainer, "attn_entropy", step, host[:n])
+        if self.normalized:
+            metrics.update(self._record(trainer, "attn_entropy_normalized", step, host[n : 2 * n]))
+        if self.per_head:
+            heads = per_head.shape[1]
+            flat = host[-n * heads :]
+            for i, layer in enumerate(self.layers):
+                for h in range(heads):
+                    metrics[layer_key(self.log_key_prefix, "attn_entropy", layer, h)] = flat[i * heads + h]
+        self._log(trainer, metrics, step)

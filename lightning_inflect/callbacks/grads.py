@@ -1,0 +1,134 @@
+"""GradientNormMonitor: per-layer activation- and parameter-gradient norms from the real training step."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from torch.optim import Optimizer
+
+from lightning_inflect.callbacks.base import _InflectMonitor
+from lightning_inflect.capture import ActivationGradCapture
+from lightning_inflect.functional import grouped_grad_norms
+
+__all__ = ["GradientNormMonitor"]
+
+Norm = Literal["activation", "parameter"]
+
+
+class GradientNormMonitor(_InflectMonitor):
+    r"""Logs, per transformer block, the gradient norms of the real training step, every ``every_n_steps`` steps.
+
+    * Activation gradient: :math:`\lVert \partial L / \partial h_l \rVert_F` of block ``l``'s output, per example
+      (tokens x hidden, padding positions included), mean over all examples of the optimizer step. ``L`` is the loss
+      the optimizer step minimises: under gradient accumulation Lightning divides each micro-batch loss by
+      ``accumulate_grad_batches``, so the value is the same as one big batch would give with a mean loss. Under a
+      loss scaler the value is unscaled. Hooks are armed only for the micro-batches of logging steps.
+    * Parameter gradient: :math:`\sqrt{\sum \lVert \nabla_p L \rVert^2}` over block ``l``'s trainable parameters
+      (LoRA ones included once injected), read in ``on_before_optimizer_step``: accumulated, unscaled, not clipped.
+
+    All norms of a step reach the host in one transfer. Non-finite values are logged as they are, with one warning.
+
+    Logged keys (``inflect`` is ``log_key_prefix``, ``LL`` the block):
+
+    * ``inflect/act_grad_norm/layer_LL`` and ``inflect/param_grad_norm/layer_LL``.
+    * ``inflect/overhead_ms``, the custom-scalars layout and the images ``inflect/heatmap/act_grad_norm`` and
+      ``inflect/heatmap/param_grad_norm``, as for :class:`~lightning_inflect.AttentionEntropyMonitor`.
+
+    Args:
+        every_n_steps: log every N optimizer steps (``trainer.global_step``).
+        layers: block indices to monitor; None for all.
+        norms: which norms to log, any of ``"activation"`` and ``"parameter"``.
+        model_attr, layers_path, log_key_prefix, heatmap_every_n_logs: as for
+            :class:`~lightning_inflect.AttentionEntropyMonitor`.
+
+    Example:
+        >>> GradientNormMonitor(every_n_steps=10, norms=["parameter"]).metrics
+        ('param_grad_norm',)
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int = 50,
+        layers: Sequence[int] | None = None,
+        norms: Sequence[Norm] = ("activation", "parameter"),
+        model_attr: str | None = None,
+        layers_path: str | None = None,
+        log_key_prefix: str = "inflect",
+        heatmap_every_n_logs: int = 10,
+    ) -> None:
+        allowed = ["activation", "parameter"]
+        if isinstance(norms, str) or not norms or any(n not in allowed for n in norms):
+            raise ValueError(f"Expected argument `norms` to be a non-empty list of {allowed} but got {norms!r}.")
+        self.norms = tuple(n for n in allowed if n in norms)
+        self.metrics = tuple({"activation": "act_grad_norm", "parameter": "param_grad_norm"}[n] for n in self.norms)
+        super().__init__(every_n_steps, layers, model_attr, layers_path, log_key_prefix, heatmap_every_n_logs)
+        self._capture: ActivationGradCapture | None = None
+        self._capture_step: int | None = None
+
+    def _identity(self) -> dict[str, Any]:
+        return {**super()._identity(), "norms": list(self.norms)}
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if stage == "fit" and "activation" in self.norms:
+            self._capture = ActivationGradCapture(self._require_session().info.blocks, self.layers)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int):
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
+        step = trainer.global_step
+        if self._capture is None or not self.due(step):
+            return
+        if self._capture_step != step:  # first micro-batch of a logging step
+            self._capture.disarm()
+            self._capture.reset()
+            self._capture.arm()
+            self._capture_step = step
+        self._capture.new_micro_batch()
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer):
+        step = trainer.global_step
+        if not self.due(step):
+            return
+        session = self._require_session()
+        with session.timed(step):
+            parts: list[torch.Tensor] = []
+            scale = self._loss_scale(trainer)
+            if self._capture is not None and self._capture_step == step:
+                self._capture.disarm()
+                session.add_overhead(step, self._capture.seconds)
+                means, _ = self._capture.read()
+                nan = torch.tensor(float("nan"), device=session.device)
+                parts.append(torch.stack([means.get(layer, nan).float() for layer in self.layers]) / scale)
+            if "parameter" in self.norms:
+                blocks = session.info.blocks
+                groups = [
+                    [p.grad for p in blocks[layer].parameters() if p.requires_grad and p.grad is not None]
+                    for layer in self.layers
+                ]
+                param = grouped_grad_norms(groups, device=session.device).float()
+                if scale != 1.0 and getattr(optimizer, "_step_supports_amp_scaling", False):
+                    param = param / scale  # fused optimizers unscale inside step()
+                parts.append(param.to(session.device))
+            host = torch.cat([p.to(session.device) for p in parts]).tolist()  # the one device->host transfer
+            n = len(self.layers)
+            metrics: dict[str, float] = {}
+            for i, metric in enumerate(self.metrics):
+                metrics.update(self._record(trainer, metric, step, host[i * n : (i + 1) * n]))
+            self._log(trainer, metrics, step)
+
+    @staticmethod
+    def _loss_scale(trainer: pl.Trainer) -> float:
+        scaler = getattr(trainer.precision_plugin, "scaler", None)
+        if scaler is not None and getattr(scaler, "is_enabled", lambda: False)():
+            return float(scaler.get_scale())
+        return 1.0
+
+    def _cleanup(self, trainer: pl.Trainer) -> None:
+        if self._capture is not None:
+            self._capture.disarm()
+            self._capture.reset()
+        self._capture_step = None
+        super()._cleanup(trainer)

@@ -1,0 +1,191 @@
+"""What the monitors attached to one Trainer share: the model discovery, the probe and the overhead clock.
+
+Several monitors on one ``Trainer`` must cost one probe forward per logging step, not one each. The first monitor
+set up on a trainer creates a :class:`ProbeSession`; the others join it. On a logging step the first monitor that
+needs the probe runs it for the union of what every monitor due at that step asks for; the others read the cached
+result.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from lightning_inflect.adapters import LayerInfo, find_attention_modules, find_hf_model, find_layers
+from lightning_inflect.capture import ProbeResult, default_model_inputs, run_probe, to_device
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
+
+    from lightning_inflect.callbacks.base import _InflectMonitor
+
+__all__ = ["ProbeSession"]
+
+_SESSIONS: weakref.WeakKeyDictionary[Any, ProbeSession] = weakref.WeakKeyDictionary()
+
+
+def _detach_clone(obj: Any) -> Any:
+    if isinstance(obj, Tensor):
+        return obj.detach().clone()
+    if isinstance(obj, Mapping):
+        return {k: _detach_clone(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_detach_clone(v) for v in obj)
+    return obj
+
+
+class ProbeSession:
+    """Shared state of the inflect monitors of one trainer (one per trainer, created by the first monitor)."""
+
+    def __init__(self, hf_model: nn.Module, model_attr: str, info: LayerInfo) -> None:
+        self.hf_model = hf_model
+        self.model_attr = model_attr
+        self.info = info
+        self._attention: list[nn.Module] | None = None
+        self.members: list[_InflectMonitor] = []
+        self.probe_owner: _InflectMonitor | None = None
+        self.probe_batches: list[dict[str, Any]] = []  # on the model's device
+        self.probe_complete = False
+        self._result_step: int | None = None
+        self._result: ProbeResult | None = None
+        self.forwards = 0
+        self.overhead: dict[int, float] = {}
+
+    # ----------------------------------------------------------------------------------------------- discovery
+    @classmethod
+    def attach(cls, trainer: pl.Trainer, pl_module: pl.LightningModule, monitor: _InflectMonitor) -> ProbeSession:
+        session = _SESSIONS.get(trainer)
+        if session is None or session.hf_model not in set(pl_module.modules()):
+            attr, hf_model = find_hf_model(pl_module, monitor.model_attr)
+            info = find_layers(hf_model, monitor.layers_path)
+            session = cls(hf_model, attr, info)
+            _SESSIONS[trainer] = session
+        else:
+            if monitor.model_attr is not None and monitor.model_attr != session.model_attr:
+                raise ValueError(
+                    f"{type(monitor).__name__} was given `model_attr={monitor.model_attr!r}` but another inflect "
+                    f"monitor on this trainer monitors `{session.model_attr}`. Give all monitors the same model_attr."
+                )
+            if monitor.layers_path is not None and monitor.layers_path != session.info.path:
+                raise ValueError(
+                    f"{type(monitor).__name__} was given `layers_path={monitor.layers_path!r}` but another inflect "
+                    f"monitor uses {session.info.path!r}. Give all monitors the same layers_path."
+                )
+        if monitor not in session.members:
+            session.members.append(monitor)
+        if monitor.uses_probe:
+            if session.probe_owner is None:
+                session.probe_owner = monitor
+            elif not session.probe_owner.same_probe(monitor):
+                owner = session.probe_owner
+                raise ValueError(
+                    f"{type(monitor).__name__} and {type(owner).__name__} share one probe forward, so their probe "
+                    f"options must match: got probe_batches={monitor.probe_batches} vs {owner.probe_batches}, "
+                    f"probe given: {monitor.probe is not None} vs {owner.probe is not None}. "
+                    "Give both monitors the same `probe`, `probe_batches` and `probe_inputs`."
+                )
+        return session
+
+    @staticmethod
+    def detach(trainer: pl.Trainer, monitor: _InflectMonitor) -> None:
+        session = _SESSIONS.get(trainer)
+        if session is None:
+            return
+        if monitor in session.members:
+            session.members.remove(monitor)
+        if session.probe_owner is monitor:
+            session.probe_owner = next((m for m in session.members if m.uses_probe), None)
+        if not session.members:
+            _SESSIONS.pop(trainer, None)
+
+    @property
+    def attention_modules(self) -> list[nn.Module]:
+        if self._attention is None:
+            self._attention = find_attention_modules(self.info)
+        return self._attention
+
+    @property
+    def device(self) -> torch.device:
+        p = next(self.hf_model.parameters(), None)
+        return p.device if p is not None else torch.device("cpu")
+
+    # --------------------------------------------------------------------------------------------------- probe
+    def set_probe(self, batches: Sequence[Mapping[str, Any]]) -> None:
+        self.probe_batches = [to_device(dict(b), self.device) for b in batches]
+        self.probe_complete = True
+        self._result_step = None
+
+    def observe_batch(self, batch: Any, inputs_fn: Callable[[Any], Mapping[str, Any]] | None, wanted: int) -> None:
+        """Keep the first ``wanted`` training batches (as model inputs) as the probe."""
+        if self.probe_complete:
+            return
+        inputs = inputs_fn(batch) if inputs_fn is not None else default_model_inputs(self.hf_model, batch)
+        if not isinstance(inputs, Mapping):
+            raise TypeError(
+                f"`probe_inputs` must return a dict of model keyword inputs but returned {type(inputs).__name__}."
+            )
+        self.probe_batches.append(_detach_clone(dict(inputs)))
+        self.probe_complete = len(self.probe_batches) >= wanted
+
+    def probe_state(self) -> list[dict[str, Any]]:
+        return [to_device(b, "cpu") for b in self.probe_batches] if self.probe_complete else []
+
+    def probe(self, step: int, trainer: pl.Trainer) -> ProbeResult:
+        """The probe result of ``step``, running one forward per probe batch on first request."""
+        if self._result_step == step and self._result is not None:
+            return self._result
+        entropy_layers: set[int] = set()
+        output_layers: set[int] = set()
+        reduction = "token"
+        for m in self.members:
+            if m.uses_probe and m.due(step):
+                e, o = m.probe_needs()
+                entropy_layers |= set(e)
+                output_layers |= set(o)
+                reduction = getattr(m, "reduction", reduction)
+        try:
+            result = run_probe(
+                self.hf_model,
+                self.probe_batches,
+                self.info.blocks,
+                entropy_layers=sorted(entropy_layers),
+                attention_modules=self.attention_modules if entropy_layers else None,
+                output_layers=sorted(output_layers),
+                reduction=reduction,
+                precision_context=trainer.precision_plugin.forward_context,
+            )
+        except Exception as err:
+            keys = sorted(self.probe_batches[0]) if self.probe_batches else []
+            raise ValueError(
+                f"The probe batch could not be run through {type(self.hf_model).__name__} (keys {keys}): "
+                f"{type(err).__name__}: {err}. Pass `probe_inputs=` to map your training batch to the model's "
+                "keyword inputs, or `probe=` with a batch the model accepts."
+            ) from err
+        self.forwards += result.forwards
+        self._result_step, self._result = step, result
+        return result
+
+    # ------------------------------------------------------------------------------------------------ overhead
+    @contextmanager
+    def timed(self, step: int) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add_overhead(step, time.perf_counter() - start)
+
+    def add_overhead(self, step: int, seconds: float) -> None:
+        self.overhead[step] = self.overhead.get(step, 0.0) + seconds
+
+    def pop_overhead(self, before_step: int) -> dict[int, float]:
+        """Overhead (seconds) of the steps that are finished, i.e. lower than ``before_step``."""
+        done = {s: v for s, v in self.overhead.items() if s < before_step}
+        for s in done:
+            del self.overhead[s]
+        return done

@@ -1,0 +1,56 @@
+"""Gradient norms grouped by transformer block.
+
+.. math::
+
+    \\lVert g_l \\rVert = \\sqrt{\\sum_{p \\in \\mathcal{P}_l} \\lVert \\nabla_p L \\rVert_2^2}
+
+over the trainable parameters :math:`\\mathcal{P}_l` of block ``l``, and per example
+:math:`\\lVert \\partial L / \\partial h_l \\rVert_F` over the (tokens x hidden) block output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["grouped_grad_norms", "per_example_norm"]
+
+
+def per_example_norm(t: Tensor) -> Tensor:
+    """Frobenius norm of each example of a batch-first tensor, in float32 or wider.
+
+    Example:
+        >>> per_example_norm(torch.ones(2, 3, 4))
+        tensor([3.4641, 3.4641])
+    """
+    return t.detach().flatten(1).to(torch.promote_types(t.dtype, torch.float32)).norm(dim=1)
+
+
+def grouped_grad_norms(groups: Sequence[Sequence[Tensor]], device: torch.device | None = None) -> Tensor:
+    """L2 norm of the concatenation of each group's tensors, computed on device.
+
+    One ``_foreach_norm`` call over all tensors and one scatter-add; no host synchronisation, so a caller can move
+    all groups' norms to the host in a single transfer.
+
+    Args:
+        groups: one sequence of gradient tensors per group (block); an empty group gives 0.
+        device: where to put the result when every group is empty.
+
+    Returns:
+        ``(len(groups),)`` float32 tensor (float64 if any gradient is float64).
+
+    Example:
+        >>> grouped_grad_norms([[torch.tensor([3.0]), torch.tensor([4.0])], [], [torch.tensor([1.0, 0.0])]])
+        tensor([5., 0., 1.])
+    """
+    flat = [g for grp in groups for g in grp]
+    index = [i for i, grp in enumerate(groups) for _ in grp]
+    if not flat:
+        return torch.zeros(len(groups), device=device)
+    dtype = torch.float64 if any(g.dtype == torch.float64 for g in flat) else torch.float32
+    norms = torch.stack([n.to(dtype) for n in torch._foreach_norm([g.detach() for g in flat])])
+    out = torch.zeros(len(groups), dtype=dtype, device=norms.device)
+    out.index_add_(0, torch.tensor(index, device=norms.device), norms.square())
+    return out.sqrt()

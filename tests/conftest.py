@@ -1,0 +1,96 @@
+"""Shared fixtures: tiny Hugging Face models built from configs, a LightningModule, token batches with padding."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+VOCAB = 64
+
+TINY = {
+    "bert": dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64, vocab_size=VOCAB),
+    "roberta": dict(
+        hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64, vocab_size=VOCAB,
+        pad_token_id=1, max_position_embeddings=40,
+    ),
+    "distilbert": dict(dim=32, n_layers=3, n_heads=4, hidden_dim=64, vocab_size=VOCAB),
+    "gpt2": dict(n_embd=32, n_layer=3, n_head=4, vocab_size=VOCAB, bos_token_id=0, eos_token_id=0, pad_token_id=0),
+    "llama": dict(
+        hidden_size=32, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
+        vocab_size=VOCAB, pad_token_id=0,
+    ),
+}  # fmt: skip
+
+
+def tiny_model(model_type: str = "bert", attn: str = "sdpa", head: str = "seq_cls", seed: int = 0):
+    """A tiny randomly initialised model of `model_type` (offline, from a config)."""
+    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
+
+    torch.manual_seed(seed)
+    cfg = AutoConfig.for_model(model_type, **TINY[model_type], num_labels=2)
+    cls = AutoModelForSequenceClassification if head == "seq_cls" else AutoModel
+    return cls.from_config(cfg, attn_implementation=attn)
+
+
+class TokenData(Dataset):
+    """Random token sequences with right padding of varied length and a label tied to the first token."""
+
+    def __init__(self, n: int = 32, seq: int = 12, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.ids = torch.randint(2, VOCAB, (n, seq), generator=g)
+        lengths = torch.randint(seq // 2, seq + 1, (n,), generator=g)
+        self.mask = (torch.arange(seq)[None, :] < lengths[:, None]).long()
+        self.ids = self.ids * self.mask  # pad id 0
+        self.labels = (self.ids[:, 0] % 2).long()
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.ids[i], "attention_mask": self.mask[i], "labels": self.labels[i]}
+
+
+class ClsModule(pl.LightningModule):
+    """What a user writes: a LightningModule holding a HF model, returning its loss."""
+
+    def __init__(self, model: torch.nn.Module, lr: float = 1e-3, fail_at: int | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.lr = lr
+        self.fail_at = fail_at
+
+    def training_step(self, batch, batch_idx):
+        if self.fail_at is not None and batch_idx == self.fail_at:
+            raise RuntimeError("boom")
+        out = self.model(**batch)
+        self.log("train_loss", out.loss)
+        return out.loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+
+def loader(n: int = 32, batch_size: int = 8, seq: int = 12, seed: int = 0) -> DataLoader:
+    return DataLoader(TokenData(n, seq, seed), batch_size=batch_size, shuffle=False)
+
+
+def make_trainer(tmp_path, callbacks, loggers=None, **kw) -> pl.Trainer:
+    defaults = dict(
+        max_steps=4, accelerator="cpu", devices=1, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, log_every_n_steps=1, default_root_dir=str(tmp_path),
+    )  # fmt: skip
+    defaults.update(kw)
+    return pl.Trainer(callbacks=callbacks, logger=loggers if loggers is not None else False, **defaults)
+
+
+@pytest.fixture
+def trainer_factory(tmp_path) -> Callable[..., pl.Trainer]:
+    return lambda callbacks, loggers=None, **kw: make_trainer(tmp_path, callbacks, loggers, **kw)
