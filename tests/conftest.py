@@ -30,14 +30,17 @@ TINY = {
 }  # fmt: skip
 
 
-def tiny_model(model_type: str = "bert", attn: str = "sdpa", head: str = "seq_cls", seed: int = 0):
+def tiny_model(model_type: str = "bert", attn: str = "sdpa", head: str = "seq_cls", seed: int = 0, **overrides):
     """A tiny randomly initialised model of `model_type` (offline, from a config)."""
     from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
 
     torch.manual_seed(seed)
-    cfg = AutoConfig.for_model(model_type, **TINY[model_type], num_labels=2)
+    cfg = AutoConfig.for_model(model_type, **{**TINY[model_type], **overrides}, num_labels=2)
     cls = AutoModelForSequenceClassification if head == "seq_cls" else AutoModel
     return cls.from_config(cfg, attn_implementation=attn)
+
+
+NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "classifier_dropout": 0.0}
 
 
 class TokenData(Dataset):

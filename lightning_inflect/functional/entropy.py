@@ -249,7 +249,9 @@ def attention_entropy(
     Args:
         probs: ``(batch, heads, queries, keys)`` attention probabilities.
         query_mask: ``(batch, queries)`` real tokens (True/1) vs padding.
-        key_mask: ``(batch, keys)`` keys that may be attended; defaults to ``query_mask`` when the shapes match.
+        key_mask: ``(batch, keys)`` keys that may be attended, or a mask broadcastable to ``probs`` (for instance
+            padding and causality together); defaults to ``query_mask`` when the shapes match. It sets the number of
+            valid keys used by ``normalize``.
         normalize: divide each query's entropy by ``log(n_valid_keys)``, giving values in ``[0, 1]``.
         reduction: ``"mean"`` over valid queries, heads and examples; ``"per_head"`` gives ``(heads,)``;
             ``"none"`` gives ``(batch, heads, queries)`` with padding queries set to NaN.
@@ -269,7 +271,9 @@ def attention_entropy(
         raise ValueError(f"Expected `probs` of shape (batch, heads, queries, keys) but got {tuple(probs.shape)}.")
     if key_mask is None and query_mask is not None and query_mask.shape[-1] == probs.shape[-1]:
         key_mask = query_mask
-    km = None if key_mask is None else key_mask.to(torch.bool)[:, None, None, :]
+    km = None if key_mask is None else key_mask.to(torch.bool)
+    if km is not None and km.dim() == 2:
+        km = km[:, None, None, :]
     ent, n_valid = entropy_from_probs(probs, km)
     if reduction == "none":
         out = ent.double()
