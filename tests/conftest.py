@@ -27,6 +27,11 @@ TINY = {
         hidden_size=32, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
         vocab_size=VOCAB, pad_token_id=0,
     ),
+    # logit soft-capping and a sliding window, both eager-only paths the entropy must follow
+    "gemma2": dict(
+        hidden_size=32, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+        intermediate_size=64, vocab_size=VOCAB, pad_token_id=0, attn_logit_softcapping=2.0, sliding_window=4,
+    ),
 }  # fmt: skip
 
 

@@ -74,12 +74,15 @@ def test_every_key_reaches_tensorboard_and_csv(trainer_factory, tmp_path):
     ] or sorted(t for t in tags if re.match(charts["attn_entropy"][0], t)) == [
         f"inflect/attn_entropy/layer_{i:02d}" for i in range(3)
     ]
-    # the heatmap image: 3 layers x 8 px rows; written at the 2nd log (step 2)
+    # the heatmap image: 3 layers x 8 px rows, one 8 px column per log; written at the 2nd log and at the end
     images = ea.Images("inflect/heatmap/attn_entropy")
-    assert [i.step for i in images] == [2] and images[0].height == 3 * 8
+    assert [i.step for i in images] == [2, 4]
+    assert (images[0].height, images[0].width, images[1].width) == (3 * 8, 2 * 8, 3 * 8)
+    assert [i.step for i in ea.Images("inflect/heatmap/cka_drift")] == [4]  # default every 5 logs: only at the end
 
     # the CSV logger got the same numbers as TensorBoard and as the callback's history
-    rows = list(csv.DictReader(open(glob.glob(f"{csv_logger.log_dir}/metrics.csv")[0])))
+    with open(glob.glob(f"{csv_logger.log_dir}/metrics.csv")[0]) as fh:
+        rows = list(csv.DictReader(fh))
     got = [float(r["inflect/cka_drift/layer_02"]) for r in rows if r.get("inflect/cka_drift/layer_02")]
     assert got == pytest.approx([e.value for e in ea.Scalars("inflect/cka_drift/layer_02")], rel=1e-6)
     assert got == pytest.approx([v[2] for v in cbs[2].history["cka_drift"]["values"]], rel=1e-6)
@@ -305,9 +308,7 @@ def test_ambiguous_or_missing_models_fail_at_setup(trainer_factory):
 
 def test_undiscoverable_blocks_fail_at_setup(trainer_factory):
     with pytest.raises(LayerDiscoveryError, match=r"`layers_path='bert.pooler'` points to a BertPooler"):
-        trainer_factory([GradientNormMonitor(layers_path="bert.pooler")]).fit(
-            ClsModule(tiny_model("bert")), loader(16)
-        )
+        trainer_factory([GradientNormMonitor(layers_path="bert.pooler")]).fit(ClsModule(tiny_model("bert")), loader(16))
 
 
 def test_probe_the_model_cannot_take(trainer_factory):
@@ -339,7 +340,7 @@ def test_tuple_batches_need_probe_inputs(trainer_factory):
 
 def test_monitors_must_agree_on_the_probe(trainer_factory):
     cbs = [AttentionEntropyMonitor(probe_batches=2), CKADriftMonitor(probe_batches=1)]
-    with pytest.raises(ValueError, match="share one probe forward.*probe_batches=1 vs 2"):
+    with pytest.raises(ValueError, match=r"share one probe forward.*probe_batches=1 vs 2"):
         trainer_factory(cbs).fit(ClsModule(tiny_model("bert")), loader(16))
 
 

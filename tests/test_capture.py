@@ -57,6 +57,22 @@ def test_entropy_matches_eager_probabilities_with_padding(model_type, attn):
     assert (means > 0).all() and (means <= torch.log(torch.tensor(9.0))).all()
 
 
+def test_entropy_follows_softcapping_and_sliding_window_in_eager_gemma2():
+    model = tiny_model("gemma2", attn="eager", head="base")
+    info = find_layers(model)
+    ids = torch.randint(2, 60, (2, 9), generator=torch.Generator().manual_seed(0))
+    batch = {"input_ids": ids, "attention_mask": torch.ones(2, 9, dtype=torch.long)}
+    result = run_probe(model, [batch], info.blocks, [0, 1, 2], find_attention_modules(info))
+    eager = tiny_model("gemma2", attn="eager", head="base")
+    eager.load_state_dict(model.state_dict())
+    eager.eval()
+    with torch.no_grad():
+        attns = eager(**batch, output_attentions=True).attentions
+    for layer, probs in enumerate(attns):
+        ref = attention_entropy(probs.double(), reduction="per_head")
+        assert torch.allclose(result.entropy[layer].mean(), ref, atol=1e-4)
+
+
 def test_entropy_accumulates_over_probe_batches_like_one_big_batch():
     model = tiny_model("bert", head="base")
     info = find_layers(model)

@@ -60,7 +60,7 @@ class _InflectMonitor(Callback):
         model_attr: str | None = None,
         layers_path: str | None = None,
         log_key_prefix: str = "inflect",
-        heatmap_every_n_logs: int = 10,
+        heatmap_every_n_logs: int = 5,
         probe: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
         probe_batches: int = 1,
         probe_inputs: Callable[[Any], Mapping[str, Any]] | None = None,
@@ -101,6 +101,7 @@ class _InflectMonitor(Callback):
         self._session: ProbeSession | None = None
         self._warned: set[str] = set()
         self._last_probe_step: int | None = None
+        self._heatmap_at: dict[str, int] = {}  # metric -> number of logs when its heatmap was last written
 
     # ---------------------------------------------------------------------------------------------- identity
     def _identity(self) -> dict[str, Any]:
@@ -162,6 +163,14 @@ class _InflectMonitor(Callback):
             for step, seconds in sorted(session.pop_overhead(trainer.global_step).items()):
                 self._log(trainer, {f"{self.log_key_prefix}/{OVERHEAD_KEY}": seconds * 1000.0}, step)
 
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Always leave a heatmap of the whole run, whatever heatmap_every_n_logs and the run length were.
+        if not self.heatmap_every_n_logs or not trainer.is_global_zero:
+            return
+        for metric, hist in self.history.items():
+            if hist["steps"] and self._heatmap_at.get(metric) != len(hist["steps"]):
+                self._write_heatmap(trainer, metric, hist["steps"][-1])
+
     def on_probe(self, trainer: pl.Trainer, session: ProbeSession, step: int) -> None:
         """Called once per logging step when the probe is available (monitors that use it)."""
 
@@ -215,6 +224,7 @@ class _InflectMonitor(Callback):
         writers = self._tensorboard(trainer)
         if not writers:
             return
+        self._heatmap_at[metric] = len(self.history[metric]["values"])
         values = torch.tensor(self.history[metric]["values"], dtype=torch.float32).T  # (layers, logs)
         image = heatmap_image(values)
         for w in writers:

@@ -66,7 +66,7 @@ class CKADriftMonitor(_InflectMonitor):
         model_attr: str | None = None,
         layers_path: str | None = None,
         log_key_prefix: str = "inflect",
-        heatmap_every_n_logs: int = 10,
+        heatmap_every_n_logs: int = 5,
         probe: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
         probe_batches: int = 1,
         probe_inputs: Callable[[Any], Mapping[str, Any]] | None = None,

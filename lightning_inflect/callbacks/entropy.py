@@ -31,7 +31,8 @@ class AttentionEntropyMonitor(_InflectMonitor):
     * ``inflect/attn_entropy/layer_LL/head_HH``: with ``per_head=True``.
     * ``inflect/overhead_ms``: all inflect monitors' own time on the logging step (written once per step).
     * TensorBoard only: a custom-scalars layout (one chart, one curve per layer) and the image
-      ``inflect/heatmap/attn_entropy`` (layers x logging steps), refreshed every ``heatmap_every_n_logs`` logs.
+      ``inflect/heatmap/attn_entropy`` (layers x logging steps, one column per log), refreshed every
+      ``heatmap_every_n_logs`` logs and at the end of training.
 
     Args:
         every_n_steps: log every N optimizer steps (``trainer.global_step``), not batches.
@@ -44,7 +45,8 @@ class AttentionEntropyMonitor(_InflectMonitor):
             is exactly one.
         layers_path: dotted path of the block ``nn.ModuleList`` in the model, to override the model table.
         log_key_prefix: first part of every key.
-        heatmap_every_n_logs: refresh the TensorBoard heatmap every N logs of this metric; 0 disables it.
+        heatmap_every_n_logs: refresh the TensorBoard heatmap every N logs of this metric, and once more at the end
+            of training; 0 disables it.
         probe: a dict of model keyword inputs (or a list of them) to use as the probe; default: the first
             ``probe_batches`` training batches.
         probe_batches: how many training batches form the probe when ``probe`` is not given. The first probe (and
@@ -69,7 +71,7 @@ class AttentionEntropyMonitor(_InflectMonitor):
         model_attr: str | None = None,
         layers_path: str | None = None,
         log_key_prefix: str = "inflect",
-        heatmap_every_n_logs: int = 10,
+        heatmap_every_n_logs: int = 5,
         probe: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
         probe_batches: int = 1,
         probe_inputs: Callable[[Any], Mapping[str, Any]] | None = None,
@@ -92,6 +94,15 @@ class AttentionEntropyMonitor(_InflectMonitor):
 
     def on_probe(self, trainer: pl.Trainer, session: ProbeSession, step: int) -> None:
         result = session.probe(step, trainer)
+        missing = [layer for layer in self.layers if layer not in result.entropy]
+        if missing:
+            impl = getattr(session.hf_model.config, "_attn_implementation", None)
+            raise RuntimeError(
+                f"No attention call of blocks {missing} was seen during the probe forward: "
+                f"{type(session.hf_model).__name__} (attn_implementation={impl!r}) does not compute attention "
+                "through transformers' AttentionInterface, so its attention entropy cannot be measured exactly. "
+                "Remove AttentionEntropyMonitor for this model, or restrict it with `layers=`."
+            )
         sums = [result.entropy[layer] for layer in self.layers]
         per_head = torch.stack([s.mean() for s in sums])  # (layers, heads), one host transfer below
         count = torch.stack([s.count for s in sums])

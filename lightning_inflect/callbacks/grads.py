@@ -57,7 +57,7 @@ class GradientNormMonitor(_InflectMonitor):
         model_attr: str | None = None,
         layers_path: str | None = None,
         log_key_prefix: str = "inflect",
-        heatmap_every_n_logs: int = 10,
+        heatmap_every_n_logs: int = 5,
     ) -> None:
         allowed = ["activation", "parameter"]
         if isinstance(norms, str) or not norms or any(n not in allowed for n in norms):

@@ -110,7 +110,7 @@ def capture_attention_entropy(
             mask, is_causal = _entropy_mask(impl, module, query, key, attention_mask, kw)
             with torch.no_grad():
                 ent, n_valid = entropy_from_qk(
-                    query, key, kw.get("scaling"), mask, is_causal=is_causal, query_chunk=query_chunk
+                    query, key, kw.get("scaling"), mask, is_causal, query_chunk, softcap=kw.get("softcap")
                 )
                 qm = query_mask if query_mask is not None and query_mask.shape[-1] == query.shape[2] else None
                 part = reduce_entropy(ent, n_valid, qm, reduction)

@@ -70,7 +70,9 @@ def hsic_terms(x: Tensor, y: Tensor, unbiased: bool = False) -> Tensor:
         True
     """
     if x.dim() != 2 or y.dim() != 2 or x.shape[0] != y.shape[0]:
-        raise ValueError(f"Expected `x` (n, p) and `y` (n, q) with the same n but got {tuple(x.shape)}, {tuple(y.shape)}.")
+        raise ValueError(
+            f"Expected `x` (n, p) and `y` (n, q) with the same n but got {tuple(x.shape)}, {tuple(y.shape)}."
+        )
     n = x.shape[0]
     if n < (4 if unbiased else 2):
         need = 4 if unbiased else 2
@@ -83,9 +85,7 @@ def hsic_terms(x: Tensor, y: Tensor, unbiased: bool = False) -> Tensor:
     y = y - y.mean(0, keepdim=True)
     k = x @ x.T
     lk = y @ y.T
-    return torch.stack(
-        [_hsic(k, lk, unbiased), _hsic(k, k, unbiased), _hsic(lk, lk, unbiased), scale_x, scale_y]
-    )
+    return torch.stack([_hsic(k, lk, unbiased), _hsic(k, k, unbiased), _hsic(lk, lk, unbiased), scale_x, scale_y])
 
 
 def cka_from_hsic(terms: Tensor) -> Tensor:

@@ -6,10 +6,10 @@ The entropy of query ``i`` in head ``h`` is
 
 .. math::
 
-    H_{h,i} = -\\sum_{j \\in \\mathcal{V}_i} a_{h,ij} \\log a_{h,ij}
-            = \\operatorname{logsumexp}_{j \\in \\mathcal{V}_i}(s_{h,ij}) - \\sum_{j \\in \\mathcal{V}_i} a_{h,ij} s_{h,ij}
+    H_{h,i} = -\\sum_{j \\in V_i} a_{h,ij} \\log a_{h,ij}
+            = \\operatorname{logsumexp}_{j \\in V_i}(s_{h,ij}) - \\sum_{j \\in V_i} a_{h,ij} s_{h,ij}
 
-in nats, where :math:`\\mathcal{V}_i` are the keys query ``i`` may attend to (not padding, not masked by causality)
+in nats, where :math:`V_i` are the keys query ``i`` may attend to (not padding, not masked by causality)
 and :math:`a = \\operatorname{softmax}(s)` over those keys. The second form needs only the scores, so it is exact for
 models that never materialise the probabilities (SDPA, flash attention).
 """
@@ -136,6 +136,7 @@ def entropy_from_qk(
     mask: Tensor | None = None,
     is_causal: bool = False,
     query_chunk: int = 256,
+    softcap: float | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Per-query attention entropy from queries and keys, in bounded memory.
 
@@ -149,6 +150,7 @@ def entropy_from_qk(
         mask: bool (True = attend) or additive float mask broadcastable to ``(batch, heads, queries, keys)``.
         is_causal: apply a causal (upper-left aligned) mask on top of ``mask``.
         query_chunk: queries per chunk.
+        softcap: logit soft-capping (Gemma 2): scores become ``softcap * tanh(scores / softcap)`` before masking.
 
     Returns:
         ``(entropy, n_valid)`` of shape ``(batch, heads, queries)``.
@@ -163,7 +165,7 @@ def entropy_from_qk(
     """
     if query_chunk < 1:
         raise ValueError(f"Expected argument `query_chunk` to be a positive int but got {query_chunk!r}.")
-    b, h, q_len, d = query.shape
+    _, h, q_len, d = query.shape
     kv_heads, k_len = key.shape[1], key.shape[2]
     if h % kv_heads != 0:
         raise ValueError(f"`key` has {kv_heads} heads, which does not divide the {h} query heads.")
@@ -176,6 +178,8 @@ def entropy_from_qk(
     for start in range(0, q_len, query_chunk):
         stop = min(start + query_chunk, q_len)
         s = torch.matmul(query[:, :, start:stop].to(work_dtype), k_t) * scale
+        if softcap is not None:
+            s = torch.tanh(s / softcap) * softcap
         m = None
         if mask is not None:
             m = mask[..., start:stop, :] if mask.shape[-2] == q_len else mask
@@ -232,9 +236,7 @@ def reduce_entropy(
     per_example = w.sum(2)  # (batch, heads)
     has = per_example > 0
     denom = per_example.clamp_min(1.0)
-    return EntropySums(
-        (e.sum(2) / denom).sum(0), (en.sum(2) / denom).sum(0), has.double().sum(0)
-    )
+    return EntropySums((e.sum(2) / denom).sum(0), (en.sum(2) / denom).sum(0), has.double().sum(0))
 
 
 def attention_entropy(

@@ -1,0 +1,212 @@
+"""Reading the SST-2 and Rotten Tomatoes TSV files (see ``shared/data/README.md``).
+
+The files are never copied into the project: every loader takes the data directory as an argument, or reads it from
+the ``LIGHTNING_INFLECT_DATA`` environment variable through :func:`resolve_data_dir`.
+
+Expected layout of the data directory::
+
+    <data_dir>/rotten_tomatoes/{train,validation,test}.tsv   # header `text<TAB>label`
+    <data_dir>/sst2/{train,dev}.tsv                           # header `sentence<TAB>label` (GLUE)
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal, get_args
+
+__all__ = [
+    "DATA_DIR_ENV_VAR",
+    "RottenTomatoesSplit",
+    "SST2Split",
+    "load_rotten_tomatoes",
+    "load_sst2",
+    "read_tsv",
+    "resolve_data_dir",
+]
+
+DATA_DIR_ENV_VAR = "LIGHTNING_INFLECT_DATA"
+
+RottenTomatoesSplit = Literal["train", "validation", "test"]
+SST2Split = Literal["train", "dev"]
+
+_TEXT_COLUMNS = ("text", "sentence")
+_EXPECTED_FILES = "`rotten_tomatoes/{train,validation,test}.tsv` and `sst2/{train,dev}.tsv`"
+_HOW_TO_PASS = (
+    f"Pass the directory that holds them with `--data-dir PATH` (or the `data_dir` argument), or set the environment"
+    f" variable `{DATA_DIR_ENV_VAR}=PATH`."
+)
+
+
+def read_tsv(path: str | os.PathLike) -> list[tuple[str, int]]:
+    r"""Read a ``text<TAB>label`` (or GLUE ``sentence<TAB>label``) TSV file with a header row.
+
+    Only ``"\n"`` ends a row (a ``"\r\n"`` ending is accepted too): the Rotten Tomatoes files have 22 rows with
+    U+0085 (NEL), which :meth:`str.splitlines` would wrongly treat as a line break. Fields are split with :mod:`csv`
+    and ``quoting=csv.QUOTE_NONE``, since the text contains ``"`` characters that are not quotes. The trailing space
+    that GLUE keeps after each sentence is removed (spaces only: U+0085 at the edge of a text is kept).
+
+    Args:
+        path: The TSV file, UTF-8 encoded (a byte-order mark is ignored).
+
+    Returns:
+        The rows as ``(text, label)`` pairs, in file order, with integer labels.
+
+    Raises:
+        FileNotFoundError: If ``path`` does not exist.
+        ValueError: If the header is not ``text<TAB>label``/``sentence<TAB>label``, a row does not have exactly two
+            fields, or a label is not an integer.
+
+    Example:
+        >>> import tempfile
+        >>> tmp = Path(tempfile.mkdtemp()) / "tiny.tsv"
+        >>> _ = tmp.write_text('sentence\tlabel\nit \'s " fine "\x85really \t1\nbad\t0\n', encoding="utf-8")
+        >>> read_tsv(tmp)
+        [('it \'s " fine "\x85really', 1), ('bad', 0)]
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Expected a TSV file at `{path}` but it does not exist.")
+    with open(path, encoding="utf-8-sig", newline="") as f:  # -sig: tolerate a byte-order mark
+        content = f.read()
+    lines = content.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    lines = [line[:-1] if line.endswith("\r") else line for line in lines]
+    if not lines:
+        raise ValueError(f"Expected a header row `text<TAB>label` in `{path}` but the file is empty.")
+
+    reader = csv.reader(lines, delimiter="\t", quoting=csv.QUOTE_NONE)
+    try:
+        header, *rows = list(reader)
+    except csv.Error as err:
+        raise ValueError(f"Could not parse line {reader.line_num} of `{path}` as TSV: {err}.") from err
+    if len(header) != 2 or header[0] not in _TEXT_COLUMNS or header[1] != "label":
+        raise ValueError(
+            f"Expected the header of `{path}` to be one of {[f'{c}<TAB>label' for c in _TEXT_COLUMNS]}"
+            f" but got {'<TAB>'.join(header)!r}. Is this a GLUE SST-2 or Rotten Tomatoes TSV file?"
+        )
+    pairs: list[tuple[str, int]] = []
+    for line_number, row in enumerate(rows, start=2):
+        if len(row) != 2:
+            raise ValueError(
+                f"Expected 2 tab-separated fields (text, label) on line {line_number} of `{path}` but got {len(row)}:"
+                f" {row!r}."
+            )
+        text, label = row
+        try:
+            label_int = int(label)
+        except ValueError:
+            raise ValueError(
+                f"Expected an integer label on line {line_number} of `{path}` but got {label!r}."
+            ) from None
+        pairs.append((text.rstrip(" "), label_int))
+    return pairs
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
+    """Find the data directory: the explicit argument, else the ``LIGHTNING_INFLECT_DATA`` environment variable.
+
+    Args:
+        data_dir: The directory holding ``rotten_tomatoes/`` and ``sst2/``. ``None`` reads the environment variable.
+
+    Returns:
+        The directory as a :class:`~pathlib.Path` (``~`` expanded).
+
+    Raises:
+        FileNotFoundError: If neither is given, or the directory does not exist; the message lists the expected
+            files and how to pass the directory.
+
+    Example:
+        >>> import tempfile
+        >>> tmp = tempfile.mkdtemp()
+        >>> resolve_data_dir(tmp) == Path(tmp)
+        True
+    """
+    source = "the `data_dir` argument"
+    if data_dir is None:
+        env_value = os.environ.get(DATA_DIR_ENV_VAR)
+        if not env_value:
+            raise FileNotFoundError(
+                f"No data directory given: expected a directory holding {_EXPECTED_FILES}. {_HOW_TO_PASS}"
+            )
+        data_dir, source = env_value, f"the environment variable `{DATA_DIR_ENV_VAR}`"
+    path = Path(data_dir).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"Expected the data directory `{path}` (from {source}) to exist, holding {_EXPECTED_FILES}, but it is not"
+            f" a directory. {_HOW_TO_PASS}"
+        )
+    return path
+
+
+def _check_split(split: str, allowed: Sequence[str]) -> None:
+    if split not in allowed:
+        raise ValueError(f"Expected argument `split` to be one of {list(allowed)} but got {split!r}.")
+
+
+def _dataset_file(data_dir: str | os.PathLike | None, dataset: str, split: str) -> Path:
+    path = resolve_data_dir(data_dir) / dataset / f"{split}.tsv"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"Expected the file `{path}` but it does not exist. The data directory must hold {_EXPECTED_FILES}"
+            f" (see shared/data/README.md). {_HOW_TO_PASS}"
+        )
+    return path
+
+
+def load_rotten_tomatoes(
+    data_dir: str | os.PathLike | None, split: RottenTomatoesSplit = "train"
+) -> list[tuple[str, int]]:
+    """Load a Rotten Tomatoes split (HF ``rotten_tomatoes``: 8530 / 1066 / 1066 rows, labels 0 = neg, 1 = pos).
+
+    Rows come in file order, all positive then all negative: shuffle them before taking a subset.
+
+    Args:
+        data_dir: The data directory (``None``: the ``LIGHTNING_INFLECT_DATA`` environment variable).
+        split: One of ``"train"``, ``"validation"``, ``"test"``.
+
+    Returns:
+        The ``(text, label)`` pairs of ``<data_dir>/rotten_tomatoes/<split>.tsv``.
+
+    Raises:
+        ValueError: If ``split`` is not one of the allowed values.
+        FileNotFoundError: If the data directory or the file is missing.
+
+    Example:
+        >>> load_rotten_tomatoes(None, split="dev")
+        Traceback (most recent call last):
+        ...
+        ValueError: Expected argument `split` to be one of ['train', 'validation', 'test'] but got 'dev'.
+    """
+    _check_split(split, get_args(RottenTomatoesSplit))
+    return read_tsv(_dataset_file(data_dir, "rotten_tomatoes", split))
+
+
+def load_sst2(data_dir: str | os.PathLike | None, split: SST2Split = "train") -> list[tuple[str, int]]:
+    """Load a GLUE SST-2 split (train 67,349 rows, dev 872; labels 0 = negative, 1 = positive).
+
+    GLUE's test split has no labels and is not part of the data directory. Note that 71% of the Rotten Tomatoes test
+    sentences occur verbatim in SST-2 train (see ``shared/data/README.md``).
+
+    Args:
+        data_dir: The data directory (``None``: the ``LIGHTNING_INFLECT_DATA`` environment variable).
+        split: One of ``"train"``, ``"dev"``.
+
+    Returns:
+        The ``(text, label)`` pairs of ``<data_dir>/sst2/<split>.tsv``, trailing spaces removed.
+
+    Raises:
+        ValueError: If ``split`` is not one of the allowed values.
+        FileNotFoundError: If the data directory or the file is missing.
+
+    Example:
+        >>> load_sst2(None, split="validation")
+        Traceback (most recent call last):
+        ...
+        ValueError: Expected argument `split` to be one of ['train', 'dev'] but got 'validation'.
+    """
+    _check_split(split, get_args(SST2Split))
+    return read_tsv(_dataset_file(data_dir, "sst2", split))
