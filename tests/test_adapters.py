@@ -52,7 +52,9 @@ def _full(block: nn.Module, leaf: str) -> str:
 def test_override_wins_and_bad_override_lists_candidates():
     model = tiny_model("bert")
     assert find_layers(model, layers_path="bert.encoder.layer").source == "override"
-    with pytest.raises(LayerDiscoveryError, match=r"`layers_path='bert.encoder'` points to a BertEncoder.*bert.encoder.layer"):
+    with pytest.raises(
+        LayerDiscoveryError, match=r"`layers_path='bert.encoder'` points to a BertEncoder.*bert.encoder.layer"
+    ):
         find_layers(model, layers_path="bert.encoder")
     with pytest.raises(LayerDiscoveryError, match="points to nothing"):
         find_layers(model, layers_path="nope")
@@ -83,7 +85,9 @@ def test_structural_fallback_and_ambiguity():
     info = find_layers(_Custom())
     assert (info.source, info.path, info.num_layers) == ("structural", "stack", 2)
     assert [type(a).__name__ for a in find_attention_modules(info)] == ["Module", "Module"]
-    with pytest.raises(LayerDiscoveryError, match=r"Tried: table: no row for model_type='my-arch'.*'stack'.*'heads'.*layers_path="):
+    with pytest.raises(
+        LayerDiscoveryError, match=r"Tried: table: no row for model_type='my-arch'.*'stack'.*'heads'.*layers_path="
+    ):
         find_layers(_Custom(extra_list=True))
 
 
@@ -99,7 +103,9 @@ def test_find_hf_model_single_explicit_ambiguous_and_none():
     name, model = find_hf_model(holder)
     assert name == "backbone" and model is holder.backbone
     holder.teacher = tiny_model("gpt2")
-    with pytest.raises(LayerDiscoveryError, match=r"Found 2 Hugging Face models.*\['backbone', 'teacher'\].*model_attr="):
+    with pytest.raises(
+        LayerDiscoveryError, match=r"Found 2 Hugging Face models.*\['backbone', 'teacher'\].*model_attr="
+    ):
         find_hf_model(holder)
     assert find_hf_model(holder, "teacher")[1] is holder.teacher
     with pytest.raises(LayerDiscoveryError, match="`model_attr='student'` does not name a submodule"):

@@ -115,7 +115,9 @@ def test_normalised_entropy_is_in_unit_interval_and_one_for_uniform():
     probs = torch.softmax(torch.randn(2, 3, 4, 4) * 3, -1)
     norm = attention_entropy(probs, normalize=True, reduction="none")
     assert (norm >= 0).all() and (norm <= 1 + 1e-6).all()
-    assert torch.allclose(attention_entropy(torch.full((1, 1, 3, 3), 1 / 3), normalize=True), torch.tensor(1.0).double())
+    assert torch.allclose(
+        attention_entropy(torch.full((1, 1, 3, 3), 1 / 3), normalize=True), torch.tensor(1.0).double()
+    )
 
 
 def test_example_reduction_weighs_examples_equally():
