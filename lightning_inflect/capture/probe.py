@@ -98,11 +98,13 @@ class ProbeResult:
     Attributes:
         entropy: block index -> summed entropies over all probe batches.
         pooled: block index -> one ``(n_b, dim)`` float32 CPU tensor per probe batch.
+        pooled_inputs: block index -> the same for the block's input hidden states.
         forwards: number of model forwards run.
     """
 
     entropy: dict[int, EntropySums] = field(default_factory=dict)
     pooled: dict[int, list[Tensor]] = field(default_factory=dict)
+    pooled_inputs: dict[int, list[Tensor]] = field(default_factory=dict)
     forwards: int = 0
 
 
@@ -116,6 +118,7 @@ def run_probe(
     pooling: Pooling = "mean",
     reduction: Literal["token", "example"] = "token",
     precision_context: Any = None,
+    input_layers: Sequence[int] = (),
 ) -> ProbeResult:
     """Run ``model(**batch)`` for each probe batch in eval mode under ``no_grad``; gather what was asked.
 
@@ -132,6 +135,7 @@ def run_probe(
         pooling: how to pool block outputs over tokens.
         reduction: entropy reduction (see :func:`~lightning_inflect.functional.reduce_entropy`).
         precision_context: a callable returning a context manager (autocast) to run the forward in.
+        input_layers: blocks whose pooled *inputs* to gather (the input of block 0 is the embedding output).
     """
     result = ProbeResult()
     handles = []
@@ -145,9 +149,20 @@ def run_probe(
 
         return hook
 
+    def make_pre_hook(layer: int):
+        def hook(_mod: nn.Module, args: Any, kwargs: Any) -> None:
+            h = args[0] if args else kwargs.get("hidden_states")
+            if isinstance(h, Tensor):
+                pooled = pool_hidden(h, current_mask[0], pooling).detach().float().cpu()
+                result.pooled_inputs.setdefault(layer, []).append(pooled)
+
+        return hook
+
     try:
         for layer in output_layers:
             handles.append(blocks[layer].register_forward_hook(make_hook(layer)))
+        for layer in input_layers:
+            handles.append(blocks[layer].register_forward_pre_hook(make_pre_hook(layer), with_kwargs=True))
         attn_map = {attention_modules[i]: i for i in entropy_layers} if attention_modules is not None else {}
         with eval_mode(model), torch.no_grad():
             for batch in batches:
