@@ -2,16 +2,40 @@
 
 Callbacks (importing them imports Lightning):
 
->>> from lightning_inflect import AttentionEntropyMonitor, GradientNormMonitor, CKADriftMonitor
+>>> from lightning_inflect import AttentionEntropyMonitor, GradientNormMonitor, CKADriftMonitor, InjectionCallback
 """
 
 from lightning_inflect.adapters import LayerDiscoveryError
+from lightning_inflect.selection import (
+    SKI,
+    CKAImportance,
+    GradientProbe,
+    Manual,
+    RandomK,
+    Selection,
+    Selector,
+    TopK,
+    Uniform,
+)
 
 __version__ = "0.1.0"
 
-_CALLBACKS = ("AttentionEntropyMonitor", "CKADriftMonitor", "GradientNormMonitor")
+_CALLBACKS = ("AttentionEntropyMonitor", "CKADriftMonitor", "GradientNormMonitor", "InjectionCallback")
 
-__all__ = [*_CALLBACKS, "LayerDiscoveryError", "__version__"]
+__all__ = [
+    *_CALLBACKS,
+    "SKI",
+    "CKAImportance",
+    "GradientProbe",
+    "LayerDiscoveryError",
+    "Manual",
+    "RandomK",
+    "Selection",
+    "Selector",
+    "TopK",
+    "Uniform",
+    "__version__",
+]
 
 
 def __getattr__(name: str):

@@ -8,7 +8,14 @@ import pytest
 
 @pytest.mark.parametrize(
     "package",
-    ["lightning_inflect", "lightning_inflect.functional", "lightning_inflect.adapters", "lightning_inflect.capture"],
+    [
+        "lightning_inflect",
+        "lightning_inflect.functional",
+        "lightning_inflect.adapters",
+        "lightning_inflect.capture",
+        "lightning_inflect.selection",
+        "lightning_inflect.injection",
+    ],
 )
 def test_pure_packages_do_not_import_lightning_or_peft(package):
     code = (

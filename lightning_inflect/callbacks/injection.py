@@ -1,0 +1,544 @@
+"""InjectionCallback: partway through training, freeze the backbone and attach LoRA at the chosen blocks."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+from lightning_inflect.adapters import (
+    LayerInfo,
+    check_layer_indices,
+    find_attention_modules,
+    find_hf_model,
+    find_layers,
+)
+from lightning_inflect.callbacks.base import _check_choice, _InflectMonitor, layer_key
+from lightning_inflect.capture import ActivationGradCapture, default_model_inputs, run_probe, to_device
+from lightning_inflect.functional import grouped_grad_norms, linear_cka
+from lightning_inflect.injection import (
+    InjectionRecord,
+    add_parameter_group,
+    count_trainable,
+    drop_frozen_parameters,
+    export_adapters,
+    extend_scheduler,
+    head_module_names,
+    inject_lora,
+    lora_parameters,
+    resolve_targets,
+)
+from lightning_inflect.selection import SKI, Selection, Selector
+
+__all__ = ["InjectionCallback"]
+
+log = logging.getLogger(__name__)
+
+EmptyPolicy = Literal["raise", "skip", "fallback"]
+
+
+def _check_int(name: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"Expected argument `{name}` to be an int >= {low} but got {value!r}.")
+
+
+class InjectionCallback(Callback):
+    r"""At a chosen point of a ``fit``, freeze the backbone and attach peft LoRA adapters to chosen blocks.
+
+    At the injection step (the start of an optimizer step, before its forward) the callback
+
+    1. picks the blocks: ``layers=`` as given, or with ``auto=True`` a :mod:`~lightning_inflect.selection` rule
+       (``SKI`` by default) applied to the per-block diagnostics of the monitors attached to the Trainer; a metric
+       no monitor logs is collected by the callback itself (one probe forward on the current batch, and the
+       gradients of the optimizer step just before the injection);
+    2. wraps the attention projections of those blocks (``target_modules``, per ``model_type`` from the adapters
+       table; with ``include_mlp=True`` the feed-forward ones too) with LoRA through ``peft.inject_adapter_in_model``;
+       logits are unchanged at that moment since LoRA ``B`` starts at zero;
+    3. freezes everything else except the task head (the Hugging Face model's modules outside its base model) and
+       ``keep_trainable``, trained in place (no ``modules_to_save`` copy);
+    4. makes every optimizer train exactly the new trainable set: frozen parameters leave their groups, the LoRA
+       tensors join **one new group that copies group 0's hyper-parameters, including its current learning rate,
+       and follows group 0's schedule** from then on (the schedulers are extended, not restarted: linear warm-up,
+       cosine, ``LambdaLR``, ``ReduceLROnPlateau`` keep their phase);
+    5. logs what it did; with DDP the model is wrapped again so the new trainable set is synchronised, and rank 0's
+       choice of blocks is broadcast to every rank.
+
+    On resume from a checkpoint taken after the injection, the same adapters are attached in ``setup`` (before
+    Lightning loads the weights, strictly) and the optimizer groups are rebuilt in ``on_fit_start`` (before the
+    optimizer state is loaded). A checkpoint from before the injection resumes and injects at the planned step.
+    At the end of ``fit`` the adapters are saved in peft's format in ``<export_dir>/inflect_adapters`` (default: the
+    checkpoint folder, else the log folder): ``PeftModel.from_pretrained(base_model, path)`` loads them.
+
+    Logged keys (``inflect`` is ``log_key_prefix``, at the injection step):
+
+    * ``inflect/inflection_score/layer_LL``: the selector's per-block score (when it has one).
+    * ``inflect/trainable_params``: trainable parameters of the Hugging Face model after the injection (the value
+      before is in the text report).
+    * TensorBoard text ``inflect/injection``: chosen blocks, reason, injected module names, parameter counts.
+
+    Args:
+        auto: choose the blocks with ``selector`` (default ``SKI()``).
+        layers: the blocks to adapt (negative from the end); excludes ``auto``.
+        selector: a :class:`~lightning_inflect.selection.Selector`; needs ``auto=True``.
+        at_step: inject at this optimizer step (``trainer.global_step``).
+        at_epoch: inject at the first optimizer step of this epoch.
+        at_fraction: inject at this fraction, in (0, 1), of the planned optimizer steps.
+        r: LoRA rank.
+        lora_alpha: LoRA scaling numerator (scale = ``lora_alpha / r``).
+        lora_dropout: dropout on the LoRA input.
+        target_modules: module names inside a block (peft's matching: exact or ``.``-suffix); default per
+            ``model_type``.
+        include_mlp: also adapt the feed-forward projections of the adapters table.
+        freeze_backbone: freeze every parameter that is not LoRA, the head or ``keep_trainable``.
+        keep_trainable: more module names (from the Hugging Face model) to keep training, e.g. ``["pooler"]``.
+        on_empty: when the selector picks no block: ``"raise"``, ``"skip"`` (warn, no injection) or ``"fallback"``
+            (use ``fallback_selector``).
+        fallback_selector: the selector for ``on_empty="fallback"``.
+        export: save the adapters at the end of ``fit``.
+        export_merged: also save a full model with LoRA merged into the weights.
+        export_dir: where to put ``inflect_adapters/``.
+        model_attr, layers_path: as for the monitors.
+        log_key_prefix: first part of every logged key.
+
+    Example:
+        >>> cb = InjectionCallback(layers=[4, 5], at_step=500, r=8)
+        >>> cb.state_key
+        "InjectionCallback{'at_step': 500, 'at_epoch': None, 'at_fraction': None}"
+    """
+
+    def __init__(
+        self,
+        auto: bool = False,
+        layers: Sequence[int] | None = None,
+        selector: Selector | None = None,
+        at_step: int | None = None,
+        at_epoch: int | None = None,
+        at_fraction: float | None = None,
+        r: int = 8,
+        lora_alpha: float = 16,
+        lora_dropout: float = 0.0,
+        target_modules: Sequence[str] | None = None,
+        include_mlp: bool = False,
+        freeze_backbone: bool = True,
+        keep_trainable: Sequence[str] = (),
+        on_empty: EmptyPolicy = "raise",
+        fallback_selector: Selector | None = None,
+        export: bool = True,
+        export_merged: bool = False,
+        export_dir: str | Path | None = None,
+        model_attr: str | None = None,
+        layers_path: str | None = None,
+        log_key_prefix: str = "inflect",
+    ) -> None:
+        when = {"at_step": at_step, "at_epoch": at_epoch, "at_fraction": at_fraction}
+        given = [k for k, v in when.items() if v is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "Expected exactly one of `at_step`, `at_epoch`, `at_fraction` but got "
+                f"{'none' if not given else ', '.join(f'{k}={when[k]!r}' for k in given)}. "
+                "For example `at_fraction=0.3` injects after 30% of the planned optimizer steps."
+            )
+        if at_step is not None:
+            _check_int("at_step", at_step, 0)
+        if at_epoch is not None:
+            _check_int("at_epoch", at_epoch, 0)
+        if at_fraction is not None and (
+            isinstance(at_fraction, bool) or not isinstance(at_fraction, (int, float)) or not 0 < at_fraction < 1
+        ):
+            raise ValueError(f"Expected argument `at_fraction` to be a float in (0, 1) but got {at_fraction!r}.")
+        if auto and layers is not None:
+            raise ValueError(
+                f"Expected either `auto=True` or `layers=` but got both (layers={list(layers)!r}). Drop `layers` "
+                "to let the selector choose, or drop `auto` to inject exactly there."
+            )
+        if layers is not None and (isinstance(layers, (str, bytes)) or len(layers) == 0):
+            raise ValueError(f"Expected argument `layers` to be a non-empty list of block indices but got {layers!r}.")
+        if selector is not None and not auto:
+            raise ValueError("A `selector` chooses blocks automatically: pass `auto=True` with it.")
+        if not auto and layers is None:
+            raise ValueError("Expected `layers=[...]` or `auto=True` (with an optional `selector=`) but got neither.")
+        for name, sel in (("selector", selector), ("fallback_selector", fallback_selector)):
+            if sel is not None and not isinstance(sel, Selector):
+                raise ValueError(
+                    f"Expected argument `{name}` to be a lightning_inflect.selection.Selector but got {sel!r}."
+                )
+        _check_int("r", r, 1)
+        if isinstance(lora_alpha, bool) or not isinstance(lora_alpha, (int, float)) or lora_alpha <= 0:
+            raise ValueError(f"Expected argument `lora_alpha` to be a positive number but got {lora_alpha!r}.")
+        if isinstance(lora_dropout, bool) or not isinstance(lora_dropout, (int, float)) or not 0 <= lora_dropout < 1:
+            raise ValueError(f"Expected argument `lora_dropout` to be a float in [0, 1) but got {lora_dropout!r}.")
+        if target_modules is not None and (isinstance(target_modules, str) or not target_modules):
+            raise ValueError(
+                f"Expected argument `target_modules` to be a non-empty list of module names but got {target_modules!r}."
+            )
+        _check_choice("on_empty", on_empty, ["raise", "skip", "fallback"])
+        if on_empty == "fallback" and fallback_selector is None:
+            raise ValueError("`on_empty='fallback'` needs `fallback_selector=`, for example `TopK(k=4)`.")
+        self.auto = auto
+        self.layers_arg = None if layers is None else list(layers)
+        self.selector = (selector or SKI()) if auto else None
+        self.at_step, self.at_epoch, self.at_fraction = at_step, at_epoch, at_fraction
+        self.r, self.lora_alpha, self.lora_dropout = r, float(lora_alpha), float(lora_dropout)
+        self.target_modules = None if target_modules is None else list(target_modules)
+        self.include_mlp = include_mlp
+        self.freeze_backbone = freeze_backbone
+        self.keep_trainable = list(keep_trainable)
+        self.on_empty = on_empty
+        self.fallback_selector = fallback_selector
+        self.export, self.export_merged, self.export_dir = export, export_merged, export_dir
+        self.model_attr, self.layers_path = model_attr, layers_path
+        self.log_key_prefix = log_key_prefix
+
+        self.record: InjectionRecord | None = None
+        self.selection: Selection | None = None
+        self.planned_step: int | None = None
+        self.export_path: Path | None = None
+        self._hf_model: torch.nn.Module | None = None
+        self._info: LayerInfo | None = None
+        self._restored: InjectionRecord | None = None
+        self._boundary = True
+        self._step_at_start = -1
+        self._grad_capture: ActivationGradCapture | None = None
+        self._own_grads: dict[str, list[float]] = {}
+        self._load_hook: Any = None
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(at_step=self.at_step, at_epoch=self.at_epoch, at_fraction=self.at_fraction)
+
+    @property
+    def injected(self) -> bool:
+        return self.record is not None
+
+    # ------------------------------------------------------------------------------------------------ set up
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        if not pl_module.automatic_optimization:
+            raise ValueError(
+                "InjectionCallback needs automatic optimization: with `automatic_optimization = False` it cannot know "
+                "which optimizer steps to extend. Inject by hand with `lightning_inflect.injection.inject_lora`."
+            )
+        if type(trainer.strategy) not in (SingleDeviceStrategy, DDPStrategy):
+            raise NotImplementedError(
+                f"InjectionCallback does not support {type(trainer.strategy).__name__}: tested are the single-device "
+                "strategy and DDP (`strategy='ddp'`, CPU/gloo). DeepSpeed, FSDP and the others are not."
+            )
+        self._trainer_ref = trainer
+        _, self._hf_model = find_hf_model(pl_module, self.model_attr)
+        self._info = find_layers(self._hf_model, self.layers_path)
+        n = self._info.num_layers
+        if self.layers_arg is not None:
+            check_layer_indices(self.layers_arg, n)
+        if self.target_modules is None:
+            layout = self._info.layout
+            if layout is None or not layout.lora_targets:
+                raise ValueError(
+                    f"No default LoRA targets for model_type={getattr(self._hf_model.config, 'model_type', None)!r}: "
+                    "pass `target_modules=` (module names inside a block, e.g. ['q_proj', 'v_proj'])."
+                )
+            self.target_modules = list(layout.lora_targets) + (list(layout.mlp_targets) if self.include_mlp else [])
+        check_blocks = check_layer_indices(self.layers_arg, n) if self.layers_arg else [0]
+        resolve_targets(self._info, check_blocks, self.target_modules, "")  # fails now if a target matches nothing
+        names = dict(self._hf_model.named_modules())
+        for m in self.keep_trainable:
+            if m not in names:
+                raise ValueError(
+                    f"Expected every entry of `keep_trainable` to name a module of the model but got {m!r}."
+                )
+        if self.record is None:
+            # Lightning restores the weights before the callbacks' state and names the checkpoint only after
+            # `setup`: re-apply a saved injection just before the LightningModule's weights are loaded.
+            self._load_hook = pl_module.register_load_state_dict_pre_hook(self._before_weights_load)
+
+    def _before_weights_load(self, module: torch.nn.Module, state_dict: dict, *args: Any) -> None:
+        if self.record is not None or self._restored is not None or not any(".lora_" in k for k in state_dict):
+            return
+        trainer = self._trainer_ref
+        loaded = getattr(getattr(trainer, "_checkpoint_connector", None), "_loaded_checkpoint", None) or {}
+        data = ((loaded.get("callbacks") or {}).get(self.state_key) or {}).get("record")
+        if not data:
+            raise RuntimeError(
+                "The checkpoint holds LoRA weights but no record of InjectionCallback "
+                f"{self.state_key!r}: resume with the InjectionCallback arguments (at_step/at_epoch/at_fraction) "
+                "that made it."
+            )
+        record = InjectionRecord.from_dict(data)
+        inject_lora(self._hf_model, record)
+        self._restored = record
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._load_hook is not None:
+            self._load_hook.remove()
+            self._load_hook = None
+        if self._restored is not None:
+            # Lightning loads the optimizer state after this hook: give it the groups it was saved with.
+            self._update_optimizers(trainer, pl_module)
+            self._rewrap_ddp(trainer)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.at_step is not None:
+            self.planned_step = self.at_step
+        elif self.at_fraction is not None:
+            total = trainer.estimated_stepping_batches
+            if not math.isfinite(total):
+                raise ValueError(
+                    "`at_fraction` needs a known number of optimizer steps, but the Trainer's is unbounded: set "
+                    "`max_steps` or `max_epochs`, or use `at_step=`."
+                )
+            self.planned_step = max(1 if self.auto else 0, round(self.at_fraction * total))
+        if self.planned_step is not None and trainer.max_steps > 0 and self.planned_step >= trainer.max_steps:
+            rank_zero_warn(
+                f"InjectionCallback plans to inject at optimizer step {self.planned_step}, but training stops at "
+                f"max_steps={trainer.max_steps}: no injection will happen. Lower `at_step`/`at_fraction`."
+            )
+
+    # -------------------------------------------------------------------------------------------- when to act
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._boundary = True
+        if self.at_epoch is not None and self.planned_step is None and trainer.current_epoch >= self.at_epoch:
+            self.planned_step = trainer.global_step
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int):
+        step = trainer.global_step
+        self._step_at_start = step
+        if self.injected or self.planned_step is None:
+            return
+        if self.auto and self._needs_own("act_grad_norm") and step == self.planned_step - 1:
+            if self._grad_capture is None:
+                self._grad_capture = ActivationGradCapture(self._info.blocks, range(self._info.num_layers))
+                self._grad_capture.arm()
+            self._grad_capture.new_micro_batch()
+        if self._boundary and step >= self.planned_step:
+            self._inject(trainer, pl_module, batch, step)
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
+        if self.injected or self.planned_step is None or trainer.global_step != self.planned_step - 1:
+            return
+        if self.auto and self._needs_own("param_grad_norm"):
+            groups = [
+                [p.grad for p in b.parameters() if p.requires_grad and p.grad is not None] for b in self._info.blocks
+            ]
+            self._own_grads["param_grad_norm"] = grouped_grad_norms(groups).tolist()
+        if self._grad_capture is not None:
+            self._grad_capture.disarm()
+            means, _ = self._grad_capture.read()
+            nan = torch.tensor(float("nan"))
+            self._own_grads["act_grad_norm"] = [float(means.get(i, nan)) for i in range(self._info.num_layers)]
+            self._grad_capture = None
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, i: int):
+        self._boundary = trainer.global_step != self._step_at_start
+
+    # ----------------------------------------------------------------------------------------------- decide
+    def _monitor_history(self, trainer: pl.Trainer, metric: str) -> dict | None:
+        n = self._info.num_layers
+        for cb in trainer.callbacks:
+            if isinstance(cb, _InflectMonitor) and metric in cb.history and cb.history[metric]["steps"]:
+                hist = cb.history[metric]
+                rows = []
+                for values in hist["values"]:
+                    row = [math.nan] * n
+                    for layer, v in zip(cb.layers, values):
+                        row[layer] = v
+                    rows.append(row)
+                return {"steps": list(hist["steps"]), "values": rows}
+        return None
+
+    def _needs_own(self, metric: str) -> bool:
+        needed = set(self.selector.requires) if self.selector else set()
+        if self.fallback_selector is not None:
+            needed |= set(self.fallback_selector.requires)
+        if metric not in needed or self._trainer_ref is None:
+            return False
+        return self._monitor_history(self._trainer_ref, metric) is None
+
+    _trainer_ref: pl.Trainer | None = None
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.injected and self.export and trainer.is_global_zero:
+            base = self.export_dir
+            if base is None:
+                ckpt_cb = trainer.checkpoint_callback
+                base = getattr(ckpt_cb, "dirpath", None) or trainer.log_dir or trainer.default_root_dir
+            self.export_path = export_adapters(
+                self._hf_model, self.record, Path(base) / "inflect_adapters", merged=self.export_merged
+            )
+            rank_zero_info(f"InjectionCallback: adapters saved in {self.export_path}")
+
+    def _history(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, step: int) -> dict:
+        needed = set(self.selector.requires)
+        if self.fallback_selector is not None:
+            needed |= set(self.fallback_selector.requires)
+        history: dict[str, dict] = {}
+        probe_metrics = []
+        for metric in sorted(needed):
+            hist = self._monitor_history(trainer, metric)
+            if hist is not None:
+                history[metric] = hist
+            elif metric in self._own_grads:
+                history[metric] = {"steps": [step - 1], "values": [self._own_grads[metric]]}
+            elif metric in ("attn_entropy", "attn_entropy_normalized", "cka_importance"):
+                probe_metrics.append(metric)
+        if probe_metrics:
+            history.update(self._own_probe(trainer, batch, step, probe_metrics))
+        return history
+
+    def _own_probe(self, trainer: pl.Trainer, batch: Any, step: int, metrics: list[str]) -> dict:
+        n = self._info.num_layers
+        device = next(self._hf_model.parameters()).device
+        inputs = to_device(default_model_inputs(self._hf_model, batch), device)
+        result = run_probe(
+            self._hf_model,
+            [inputs],
+            self._info.blocks,
+            entropy_layers=range(n),
+            attention_modules=find_attention_modules(self._info),
+            output_layers=range(n),
+            input_layers=[0],
+            precision_context=trainer.precision_plugin.forward_context,
+        )
+        out: dict[str, dict] = {}
+        if "attn_entropy" in metrics or "attn_entropy_normalized" in metrics:
+            ent = [float((s.mean() * s.count).sum() / s.count.sum()) for s in (result.entropy[i] for i in range(n))]
+            norm = [
+                float((s.normalized_mean() * s.count).sum() / s.count.sum())
+                for s in (result.entropy[i] for i in range(n))
+            ]
+            out["attn_entropy"] = {"steps": [step], "values": [ent]}
+            out["attn_entropy_normalized"] = {"steps": [step], "values": [norm]}
+        if "cka_importance" in metrics:
+            reps = [result.pooled_inputs[0][0]] + [result.pooled[i][0] for i in range(n)]
+            unbiased = reps[0].shape[0] >= 4
+            values = [1.0 - float(linear_cka(reps[i], reps[i + 1], unbiased)) for i in range(n)]
+            out["cka_importance"] = {"steps": [step], "values": [values]}
+        return out
+
+    def _choose(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, step: int) -> Selection | None:
+        n = self._info.num_layers
+        if not self.auto:
+            layers = check_layer_indices(self.layers_arg, n)
+            return Selection(tuple(layers), None, f"manual: layers={self.layers_arg}")
+        history = self._history(trainer, pl_module, batch, step)
+        selection = self.selector.select(history, n)
+        if not selection.layers:
+            if self.on_empty == "raise":
+                raise RuntimeError(
+                    f"{self.selector!r} selected no block at step {step}: {selection.reason}. Set "
+                    "`on_empty='skip'` to train on without injection, or `on_empty='fallback'` with a "
+                    "`fallback_selector`."
+                )
+            if self.on_empty == "skip":
+                rank_zero_warn(f"InjectionCallback: no block selected ({selection.reason}); no injection.")
+                return None
+            fallback = self.fallback_selector.select(history, n)
+            selection = Selection(
+                fallback.layers,
+                fallback.scores,
+                f"{selection.reason}; fallback {self.fallback_selector!r}: {fallback.reason}",
+            )
+        return selection
+
+    # ----------------------------------------------------------------------------------------------- inject
+    def _inject(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, step: int) -> None:
+        selection = self._choose(trainer, pl_module, batch, step)
+        self.planned_step = None
+        if selection is None:
+            return
+        layers = list(selection.layers)
+        if trainer.world_size > 1:  # decide together: rank 0's choice everywhere
+            layers = trainer.strategy.broadcast(layers, src=0)
+        targets = resolve_targets(self._info, layers, self.target_modules, "")
+        keep = sorted(set(head_module_names(self._hf_model)) | set(self.keep_trainable))
+        record = InjectionRecord(
+            layers=layers,
+            target_modules=targets,
+            r=self.r,
+            lora_alpha=self.lora_alpha,
+            lora_dropout=self.lora_dropout,
+            keep_trainable=keep,
+            freeze_backbone=self.freeze_backbone,
+            step=step,
+            trainable_before=count_trainable(self._hf_model),
+            reason=selection.reason,
+            scores=list(selection.scores) if selection.scores is not None else None,
+        )
+        inject_lora(self._hf_model, record)
+        record.trainable_after = count_trainable(self._hf_model)
+        self.record, self.selection = record, selection
+        self._update_optimizers(trainer, pl_module)
+        self._rewrap_ddp(trainer)
+        self._report(trainer, record)
+
+    def _update_optimizers(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        trainable = [p for p in pl_module.parameters() if p.requires_grad]
+        lora = {id(p) for p in lora_parameters(self._hf_model)}
+        for optimizer in trainer.optimizers:
+            # On resume, configure_optimizers already saw the adapters: take them out so that they form the one
+            # new group, exactly as in the run that saved the checkpoint.
+            for group in optimizer.param_groups:
+                group["params"] = [p for p in group["params"] if id(p) not in lora]
+            drop_frozen_parameters(optimizer)
+            if add_parameter_group(optimizer, trainable) is not None:
+                for config in trainer.lr_scheduler_configs:
+                    if config.scheduler.optimizer is optimizer:
+                        extend_scheduler(config.scheduler)
+
+    @staticmethod
+    def _rewrap_ddp(trainer: pl.Trainer) -> None:
+        strategy = trainer.strategy
+        if isinstance(strategy, DDPStrategy) and strategy.model is not strategy.lightning_module:
+            strategy.model = strategy.lightning_module
+            strategy.configure_ddp()
+
+    def _report(self, trainer: pl.Trainer, record: InjectionRecord) -> None:
+        p = self.log_key_prefix
+        metrics = {f"{p}/trainable_params": float(record.trainable_after)}
+        if record.scores is not None:
+            metrics.update({layer_key(p, "inflection_score", i): s for i, s in enumerate(record.scores)})
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=record.step)
+        text = (
+            f"**Injected LoRA at step {record.step}** into blocks {record.layers} "
+            f"(r={record.r}, lora_alpha={record.lora_alpha}, lora_dropout={record.lora_dropout}).\n\n"
+            f"Reason: {record.reason}\n\n"
+            f"Trainable parameters: {record.trainable_before:,} before, {record.trainable_after:,} after "
+            f"(LoRA: {sum(q.numel() for q in lora_parameters(self._hf_model)):,}; kept trainable: "
+            f"{record.keep_trainable}).\n\nModules: " + ", ".join(f"`{t}`" for t in record.target_modules)
+        )
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                if isinstance(logger, TensorBoardLogger):
+                    logger.experiment.add_text(f"{p}/injection", text, global_step=record.step)
+        rank_zero_info(text.replace("**", ""))
+
+    # -------------------------------------------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        return {"record": self.record.to_dict() if self.record else None, "planned_step": self.planned_step}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        data = state_dict.get("record")
+        if data:
+            self.record = InjectionRecord.from_dict(data)
+        self.planned_step = state_dict.get("planned_step", self.planned_step)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._trainer_ref = None
+        if self._load_hook is not None:
+            self._load_hook.remove()
+            self._load_hook = None
+        if self._grad_capture is not None:
+            self._grad_capture.disarm()
+            self._grad_capture = None
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self.teardown(trainer, pl_module, "fit")

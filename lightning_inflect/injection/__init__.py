@@ -1,0 +1,25 @@
+"""peft glue and optimizer surgery for injecting LoRA partway through training (no Lightning imports)."""
+
+from lightning_inflect.injection.lora import (
+    InjectionRecord,
+    count_trainable,
+    export_adapters,
+    head_module_names,
+    inject_lora,
+    lora_parameters,
+    resolve_targets,
+)
+from lightning_inflect.injection.optim import add_parameter_group, drop_frozen_parameters, extend_scheduler
+
+__all__ = [
+    "InjectionRecord",
+    "add_parameter_group",
+    "count_trainable",
+    "drop_frozen_parameters",
+    "export_adapters",
+    "extend_scheduler",
+    "head_module_names",
+    "inject_lora",
+    "lora_parameters",
+    "resolve_targets",
+]

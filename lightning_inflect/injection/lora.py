@@ -1,0 +1,203 @@
+"""peft glue: choose LoRA targets in given blocks, inject, freeze the backbone, keep the head, export adapters."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lightning_inflect.adapters import LayerInfo
+
+__all__ = [
+    "InjectionRecord",
+    "count_trainable",
+    "export_adapters",
+    "head_module_names",
+    "inject_lora",
+    "lora_parameters",
+    "resolve_targets",
+]
+
+
+@dataclass
+class InjectionRecord:
+    """What an injection did, plain data so it can live in a checkpoint and be re-applied on resume.
+
+    Attributes:
+        layers: the blocks that received adapters.
+        target_modules: full module names (from the Hugging Face model) that were wrapped by LoRA.
+        r, lora_alpha, lora_dropout: the LoRA hyper-parameters.
+        keep_trainable: module names whose parameters stay trainable besides the adapters (task head, user list).
+        freeze_backbone: whether every other parameter was frozen.
+        step: the optimizer step at which the injection happened.
+        trainable_before, trainable_after: trainable parameter counts of the Hugging Face model.
+        reason: why these layers (from the selector).
+    """
+
+    layers: list[int]
+    target_modules: list[str]
+    r: int
+    lora_alpha: float
+    lora_dropout: float
+    keep_trainable: list[str]
+    freeze_backbone: bool = True
+    step: int = 0
+    trainable_before: int = 0
+    trainable_after: int = 0
+    reason: str = ""
+    scores: list[float] | None = field(default=None)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> InjectionRecord:
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def count_trainable(module: nn.Module) -> int:
+    """Number of trainable parameters (each tensor counted once)."""
+    return sum(p.numel() for p in {id(p): p for p in module.parameters() if p.requires_grad}.values())
+
+
+def head_module_names(model: nn.Module) -> list[str]:
+    """Top-level submodules of a Hugging Face model that sit outside its base model: the task head.
+
+    Example:
+        >>> from transformers import BertConfig, BertForSequenceClassification
+        >>> cfg = BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16)
+        >>> head_module_names(BertForSequenceClassification(cfg))
+        ['classifier']
+    """
+    base = getattr(model, "base_model", model)
+    if base is model:
+        return []
+    return [n for n, child in model.named_children() if child is not base and any(True for _ in child.parameters())]
+
+
+def resolve_targets(info: LayerInfo, layers: Sequence[int], target_modules: Sequence[str], prefix: str) -> list[str]:
+    """Full module names (``prefix`` + block path + leaf) of the ``nn.Linear``-like targets in the chosen blocks.
+
+    A target matches a module of a block whose name equals it or ends with ``"." + target`` (peft's rule).
+
+    Raises:
+        ValueError: when a target matches nothing in one of the chosen blocks, listing the block's linear layers.
+    """
+    out = []
+    for layer in layers:
+        block = info.blocks[layer]
+        names = {n: m for n, m in block.named_modules() if n}
+        for target in target_modules:
+            hits = [n for n in names if (n == target or n.endswith("." + target)) and "lora_" not in n]
+            if not hits:
+                linears = sorted(n for n, m in names.items() if type(m).__name__ in ("Linear", "Conv1D"))
+                raise ValueError(
+                    f"Expected every entry of `target_modules` to match a module of block {layer}, but "
+                    f"{target!r} matches nothing. Linear layers of this block: {linears}."
+                )
+            out.extend(f"{prefix}{info.path}.{layer}.{n}" for n in hits)
+    return sorted(set(out))
+
+
+def lora_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The LoRA tensors of ``model`` (each once, in module order)."""
+    seen, out = set(), []
+    for name, p in model.named_parameters():
+        if "lora_" in name and id(p) not in seen:
+            seen.add(id(p))
+            out.append(p)
+    return out
+
+
+def inject_lora(model: nn.Module, record: InjectionRecord) -> list[nn.Parameter]:
+    """Attach LoRA adapters to ``record.target_modules`` of ``model`` (in place) and set what trains.
+
+    With ``freeze_backbone`` everything but the adapters and ``record.keep_trainable`` modules is frozen; without
+    it the parameters keep the ``requires_grad`` they had. peft freezes whatever it is given except the adapters,
+    so the flags are set again here, and the kept modules are trained in place (no ``modules_to_save`` deep copy
+    that the optimizer would not know about).
+
+    Returns:
+        The new LoRA parameters. LoRA ``B`` matrices start at zero, so the model's outputs are unchanged.
+    """
+    from peft import LoraConfig, inject_adapter_in_model
+
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    config = LoraConfig(
+        r=record.r,
+        lora_alpha=record.lora_alpha,
+        lora_dropout=record.lora_dropout,
+        target_modules=list(record.target_modules),
+        bias="none",
+    )
+    before = {id(p) for p in model.parameters()}
+    inject_adapter_in_model(config, model)
+    keep = tuple(f"{m}." for m in record.keep_trainable)
+    for name, p in model.named_parameters():
+        if id(p) not in before:
+            p.requires_grad_(True)
+        elif record.freeze_backbone:
+            p.requires_grad_(name.startswith(keep))
+        else:
+            p.requires_grad_(flags.get(name, p.requires_grad) or name.startswith(keep))
+    return [p for p in model.parameters() if id(p) not in before]
+
+
+def export_adapters(model: nn.Module, record: InjectionRecord, directory: str | Path, merged: bool = False) -> Path:
+    """Save the adapters in peft's format (``adapter_config.json`` + ``adapter_model.safetensors``).
+
+    ``PeftModel.from_pretrained(fresh_base_model, directory)`` loads them back, with the kept modules (task head)
+    as ``modules_to_save``. With ``merged=True`` a ``merged/`` folder also gets the full model with LoRA merged
+    into the base weights (``save_pretrained`` of a copy), loadable with no peft at all.
+    """
+    from peft import LoraConfig
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = LoraConfig(
+        r=record.r,
+        lora_alpha=record.lora_alpha,
+        lora_dropout=record.lora_dropout,
+        target_modules=list(record.target_modules),
+        modules_to_save=list(record.keep_trainable) or None,
+        bias="none",
+        base_model_name_or_path=getattr(getattr(model, "config", None), "_name_or_path", None) or None,
+    )
+    config.save_pretrained(str(directory))
+    keep = tuple(f"{m}." for m in record.keep_trainable)
+    tensors = {}
+    for name, p in model.state_dict().items():
+        if ".lora_" in name:
+            key = name.replace(".default.", ".")
+        elif name.startswith(keep):
+            key = name
+        else:
+            continue
+        tensors[f"base_model.model.{key}"] = p.detach().cpu().contiguous()
+    save_file(tensors, str(directory / "adapter_model.safetensors"))
+    (directory / "inflect_injection.json").write_text(json.dumps(record.to_dict(), indent=2))
+    if merged:
+        _save_merged(model, directory / "merged")
+    return directory
+
+
+def _save_merged(model: nn.Module, directory: Path) -> None:
+    import copy
+
+    from peft.tuners.lora import LoraLayer
+
+    clone = copy.deepcopy(model)
+    for name, module in list(clone.named_modules()):
+        if isinstance(module, LoraLayer):
+            module.merge()
+            parent_name, _, child = name.rpartition(".")
+            parent = clone.get_submodule(parent_name) if parent_name else clone
+            setattr(parent, child, module.get_base_layer())
+    with torch.no_grad():
+        clone.save_pretrained(str(directory))

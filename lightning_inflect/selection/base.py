@@ -1,0 +1,233 @@
+"""The selector interface, its result, and the history helpers every selector shares.
+
+A history is what the monitors keep in ``.history``, merged by metric name and laid out over all blocks::
+
+    {"attn_entropy": {"steps": [100, 200], "values": [[2.1, 1.9, nan, 2.0], [2.0, 1.8, nan, 2.1]]}, ...}
+
+one row per logging step, one column per block (``num_layers`` columns), NaN where a block was not measured.
+Pure code: torch and the standard library only.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["METRIC_SOURCES", "History", "MetricHistory", "Selection", "Selector", "history_tensor"]
+
+MetricHistory = Mapping[str, Sequence]
+"""``{"steps": [int, ...], "values": [[float per block], ...]}``; ``steps`` may be left out."""
+
+History = Mapping[str, MetricHistory]
+"""Metric name -> its :data:`MetricHistory`."""
+
+METRIC_SOURCES: dict[str, str] = {
+    "attn_entropy": "logged by `AttentionEntropyMonitor`: add one to the Trainer's callbacks",
+    "attn_entropy_normalized": (
+        "logged by `AttentionEntropyMonitor(normalized=True)`: add one to the Trainer's callbacks"
+    ),
+    "act_grad_norm": (
+        "logged by `GradientNormMonitor` with 'activation' in its `norms` (the default): add one to the Trainer's "
+        "callbacks"
+    ),
+    "param_grad_norm": (
+        "logged by `GradientNormMonitor` with 'parameter' in its `norms` (the default): add one to the Trainer's "
+        "callbacks"
+    ),
+    "cka_importance": "computed by `InjectionCallback`'s own probe (1 - CKA between consecutive block outputs)",
+    "cka_drift": "logged by `CKADriftMonitor`: add one to the Trainer's callbacks",
+}
+"""Where each metric comes from, quoted in the errors about a missing or empty metric."""
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The blocks a selector picked, with its per-block scores and the reason, in words.
+
+    Args:
+        layers: sorted, distinct block indices (0-based); may be empty, the caller decides what that means.
+        scores: one score per block (NaN where a block could not be scored), or None for rules without a score.
+        reason: the rule, its parameters, the steps it looked at, and why these blocks.
+
+    Example:
+        >>> Selection([3, 4], None, "manual")
+        Selection(layers=(3, 4), scores=None, reason='manual')
+    """
+
+    layers: tuple[int, ...]
+    scores: tuple[float, ...] | None
+    reason: str
+
+    def __post_init__(self) -> None:
+        if any(isinstance(i, bool) or not isinstance(i, int) for i in self.layers):
+            raise ValueError(f"Expected `layers` to be block indices (ints) but got {self.layers!r}.")
+        layers = tuple(int(i) for i in self.layers)
+        if any(i < 0 for i in layers) or any(b <= a for a, b in itertools.pairwise(layers)):
+            raise ValueError(f"Expected `layers` to be sorted, distinct, non-negative block indices but got {layers}.")
+        object.__setattr__(self, "layers", layers)
+        if self.scores is not None:
+            object.__setattr__(self, "scores", tuple(float(s) for s in self.scores))
+
+
+class Selector(ABC):
+    """Picks the blocks to adapt from the per-block diagnostics seen so far.
+
+    Subclasses set :attr:`requires` (the metrics the caller must collect), validate their arguments in
+    ``__init__``, list them in :meth:`_params` (used by ``repr``, ``==`` and ``hash``) and implement :meth:`select`.
+    """
+
+    requires: tuple[str, ...] = ()
+
+    @abstractmethod
+    def select(self, history: History, num_layers: int) -> Selection:
+        """Pick blocks of a model with ``num_layers`` blocks from ``history``."""
+
+    def _params(self) -> dict[str, Any]:
+        return {}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self._params().items())
+        return f"{type(self).__name__}({args})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and self._params() == other._params()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, tuple(self._params().items())))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# argument checks (house style: name the argument, the allowed values, the value received)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_int(name: str, value: Any, low: int = 1) -> None:
+    if not _is_int(value) or value < low:
+        allowed = {0: "a non-negative int", 1: "a positive int"}.get(low, f"an int >= {low}")
+        raise ValueError(f"Expected argument `{name}` to be {allowed} but got {value!r}.")
+
+
+def _check_k_fits(selector: Selector, k: int, num_layers: int, name: str = "k") -> None:
+    if k > num_layers:
+        raise ValueError(
+            f"`{selector!r}` asks for {name}={k} blocks but the model has only {num_layers} "
+            f"(`num_layers`={num_layers}); use {name} <= {num_layers}, or `Uniform()` for all blocks."
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# history helpers
+
+
+def _source(metric: str) -> str:
+    return METRIC_SOURCES.get(metric, "not logged by any lightning-inflect monitor: the caller must record it")
+
+
+def _gather(
+    history: History, metric: str, num_layers: int, window: int = 1, who: str | None = None
+) -> tuple[Tensor, list[int] | None, int]:
+    """Smoothed per-block values, the steps of the rows used (None when the history has no steps), and their count."""
+    _check_int("num_layers", num_layers)
+    _check_int("window", window)
+    prefix = f"{who} needs metric `{metric}`, " if who else f"Metric `{metric}` is "
+    if metric not in history:
+        raise ValueError(
+            f"{prefix}{'which is ' if who else ''}missing from the history (it has {sorted(history)}); "
+            f"`{metric}` is {_source(metric)}."
+        )
+    hist = history[metric]
+    if not isinstance(hist, Mapping) or "values" not in hist:
+        raise ValueError(
+            f"Expected the history of `{metric}` to be a mapping with 'steps' and 'values' but got "
+            f"{type(hist).__name__}{' without values' if isinstance(hist, Mapping) else ''}."
+        )
+    values = hist["values"]
+    steps = hist.get("steps")
+    if steps is not None and len(steps) != len(values):
+        raise ValueError(f"The history of `{metric}` has {len(steps)} steps but {len(values)} rows of values.")
+    rows = [list(r) for r in values[-window:]]
+    used = [int(s) for s in steps[-window:]] if steps is not None else None
+    for i, row in enumerate(rows):
+        if len(row) != num_layers:
+            at = f"step {used[i]}" if used is not None else f"row {len(values) - len(rows) + i}"
+            raise ValueError(
+                f"The history of `{metric}` has {len(row)} values at {at} but `num_layers` is {num_layers}: record "
+                "one value per block, NaN where a block was not measured."
+            )
+    t = torch.tensor(rows, dtype=torch.float64).reshape(len(rows), num_layers)
+    t = torch.where(torch.isfinite(t), t, torch.full_like(t, math.nan))
+    if not rows or t.isnan().all():
+        last = "its last log" if len(rows) == 1 else f"its last {len(rows)} logs"
+        where = f"in {last} ({_describe_steps(used, len(rows))})" if rows else "(no logs yet)"
+        raise ValueError(
+            f"{who + ': metric' if who else 'Metric'} `{metric}` has no finite values {where}. It is "
+            f"{_source(metric)}; it must log a finite value for some block before the selection."
+        )
+    return t.nanmean(dim=0), used, len(rows)
+
+
+def history_tensor(history: History, metric: str, num_layers: int, window: int = 1) -> Tensor:
+    """Per-block mean of the last ``window`` logged rows of ``metric``, ignoring NaN (and other non-finite values).
+
+    Args:
+        history: metric name -> ``{"steps": [...], "values": [[per block], ...]}``.
+        metric: which metric to read.
+        num_layers: number of blocks; every row must have this many values.
+        window: how many of the most recent rows to average.
+
+    Returns:
+        ``(num_layers,)`` float64 tensor; NaN for a block with no finite value in the window.
+
+    Raises:
+        ValueError: if ``metric`` is missing, has no finite value in the window, or its rows have the wrong length.
+
+    Example:
+        >>> nan = float("nan")
+        >>> h = {"act_grad_norm": {"steps": [1, 2, 3], "values": [[9.0, 9.0, 9.0], [1.0, nan, nan], [3.0, 2.0, nan]]}}
+        >>> history_tensor(h, "act_grad_norm", num_layers=3, window=2)
+        tensor([2., 2., nan], dtype=torch.float64)
+    """
+    return _gather(history, metric, num_layers, window)[0]
+
+
+def _describe_steps(steps: list[int] | None, n: int) -> str:
+    if steps is None:
+        return "the last log" if n == 1 else f"the last {n} logs"
+    if len(steps) == 1:
+        return f"step {steps[0]}"
+    return f"steps {steps[0]}-{steps[-1]}"
+
+
+def _describe_windows(windows: Mapping[str, tuple[list[int] | None, int]]) -> str:
+    """'logs at steps 100-300', or one phrase per metric when the metrics were logged at different steps."""
+    described = {m: _describe_steps(steps, n) for m, (steps, n) in windows.items()}
+    if len(set(described.values())) == 1:
+        text = next(iter(described.values()))
+        return f"logs at {text}" if text.startswith("step") else text
+    return " and ".join(f"{m} at {d}" for m, d in described.items())
+
+
+def _fmt(x: float) -> str:
+    return "nan" if math.isnan(x) else f"{x:.3g}"
+
+
+def _top_k(scores: Sequence[float] | Tensor, k: int) -> list[int]:
+    """The ``k`` highest finite scores, highest first, ties broken by the lower index.
+
+    Example:
+        >>> _top_k([0.5, 0.9, 0.5, float("nan"), 0.1], 3)
+        [1, 0, 2]
+    """
+    vals = [float(v) for v in scores]
+    finite = [i for i, v in enumerate(vals) if math.isfinite(v)]
+    return sorted(finite, key=lambda i: (-vals[i], i))[:k]
