@@ -344,3 +344,28 @@ def test_resume_in_a_new_process_is_bit_identical(tmp_path, save_at):
     assert full["state"].keys() == resumed["state"].keys()
     for k, v in full["state"].items():
         assert torch.equal(v, resumed["state"][k]), k
+
+
+def test_trigger_injects_early_or_falls_back_to_the_fixed_point(trainer_factory):
+    from lightning_inflect.selection import GradientSuppressionTrigger
+
+    early = InjectionCallback(
+        layers=[1], at_step=6, trigger=GradientSuppressionTrigger(threshold=-math.inf, patience=2)
+    )
+    mon = GradientNormMonitor(every_n_steps=1)
+    trainer_factory([mon, early], max_steps=8).fit(ClsModule(tiny_model("bert")), loader(64))
+    assert early.record.step == 2  # logs of steps 0 and 1 seen at the start of step 2
+    assert early.record.reason.startswith("GradientSuppressionTrigger(threshold=-inf, patience=2) fired")
+
+    never = InjectionCallback(layers=[1], at_step=4, trigger=GradientSuppressionTrigger(threshold=math.inf))
+    trainer_factory([GradientNormMonitor(every_n_steps=1), never], max_steps=6).fit(
+        ClsModule(tiny_model("bert")), loader(64)
+    )
+    assert never.record.step == 4 and never.record.reason.startswith("manual")
+
+    with pytest.raises(ValueError, match=r"`trigger=` reads activation-gradient norms: add `GradientNormMonitor"):
+        trainer_factory([InjectionCallback(layers=[1], at_step=4, trigger=GradientSuppressionTrigger())]).fit(
+            ClsModule(tiny_model("bert")), loader(16)
+        )
+    with pytest.raises(ValueError, match=r"`patience` to be an int >= 1"):
+        GradientSuppressionTrigger(patience=0)

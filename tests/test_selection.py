@@ -446,3 +446,19 @@ def test_selection_does_not_import_lightning_peft_or_transformers():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == ""
+
+
+def test_gradient_suppression_trigger_counts_consecutive_logs_and_resets():
+    import math
+
+    from lightning_inflect.selection import GradientSuppressionTrigger
+
+    t = GradientSuppressionTrigger(threshold=math.log(2), patience=3)
+    halving = [1.0, 2.0, 4.0]  # the gradient halves crossing each block backwards: drop log 2 everywhere
+    assert GradientSuppressionTrigger.drops(halving) == pytest.approx([math.log(2)] * 2)
+    assert [t.update(halving), t.update(halving)] == [False, False]
+    assert t.update([float("nan")] * 3) is False and t.streak == 0  # a non-finite row resets
+    assert [t.update(halving), t.update(halving), t.update(halving)] == [False, False, True]
+    assert "block" in t.reason
+    t.reset()
+    assert t.streak == 0 and t.update([1.0, 1.1, 1.2]) is False  # small drops never fire

@@ -37,7 +37,7 @@ from lightning_inflect.injection import (
     lora_parameters,
     resolve_targets,
 )
-from lightning_inflect.selection import SKI, Selection, Selector
+from lightning_inflect.selection import SKI, GradientSuppressionTrigger, Selection, Selector
 
 __all__ = ["InjectionCallback"]
 
@@ -92,6 +92,9 @@ class InjectionCallback(Callback):
         at_step: inject at this optimizer step (``trainer.global_step``).
         at_epoch: inject at the first optimizer step of this epoch.
         at_fraction: inject at this fraction, in (0, 1), of the planned optimizer steps.
+        trigger: inject earlier, as soon as this trigger fires on the activation-gradient norms logged by a
+            :class:`~lightning_inflect.GradientNormMonitor` (which must be attached); the ``at_*`` point stays the
+            fallback. The trigger's reason is prepended to the selection's.
         r: LoRA rank.
         lora_alpha: LoRA scaling numerator (scale = ``lora_alpha / r``).
         lora_dropout: dropout on the LoRA input.
@@ -123,6 +126,7 @@ class InjectionCallback(Callback):
         at_step: int | None = None,
         at_epoch: int | None = None,
         at_fraction: float | None = None,
+        trigger: GradientSuppressionTrigger | None = None,
         r: int = 8,
         lora_alpha: float = 16,
         lora_dropout: float = 0.0,
@@ -162,6 +166,8 @@ class InjectionCallback(Callback):
             )
         if layers is not None and (isinstance(layers, (str, bytes)) or len(layers) == 0):
             raise ValueError(f"Expected argument `layers` to be a non-empty list of block indices but got {layers!r}.")
+        if trigger is not None and not isinstance(trigger, GradientSuppressionTrigger):
+            raise ValueError(f"Expected argument `trigger` to be a GradientSuppressionTrigger but got {trigger!r}.")
         if selector is not None and not auto:
             raise ValueError("A `selector` chooses blocks automatically: pass `auto=True` with it.")
         if not auto and layers is None:
@@ -187,6 +193,9 @@ class InjectionCallback(Callback):
         self.layers_arg = None if layers is None else list(layers)
         self.selector = (selector or SKI()) if auto else None
         self.at_step, self.at_epoch, self.at_fraction = at_step, at_epoch, at_fraction
+        self.trigger = trigger
+        self._trigger_rows = 0
+        self._trigger_reason = ""
         self.r, self.lora_alpha, self.lora_dropout = r, float(lora_alpha), float(lora_dropout)
         self.target_modules = None if target_modules is None else list(target_modules)
         self.include_mlp = include_mlp
@@ -255,6 +264,13 @@ class InjectionCallback(Callback):
                 raise ValueError(
                     f"Expected every entry of `keep_trainable` to name a module of the model but got {m!r}."
                 )
+        if self.trigger is not None and not any(
+            isinstance(cb, _InflectMonitor) and "act_grad_norm" in cb.history for cb in trainer.callbacks
+        ):
+            raise ValueError(
+                "`trigger=` reads activation-gradient norms: add `GradientNormMonitor(every_n_steps=...)` (with "
+                "'activation' in its `norms`) to the Trainer's callbacks."
+            )
         if self.record is None:
             # Lightning restores the weights before the callbacks' state and names the checkpoint only after
             # `setup`: re-apply a saved injection just before the LightningModule's weights are loaded.
@@ -318,7 +334,7 @@ class InjectionCallback(Callback):
                 self._grad_capture = ActivationGradCapture(self._info.blocks, range(self._info.num_layers))
                 self._grad_capture.arm()
             self._grad_capture.new_micro_batch()
-        if self._boundary and step >= self.planned_step:
+        if self._boundary and (step >= self.planned_step or self._trigger_fired(trainer)):
             self._inject(trainer, pl_module, batch, step)
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
@@ -338,6 +354,19 @@ class InjectionCallback(Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, i: int):
         self._boundary = trainer.global_step != self._step_at_start
+
+    def _trigger_fired(self, trainer: pl.Trainer) -> bool:
+        if self.trigger is None:
+            return False
+        hist = self._monitor_history(trainer, "act_grad_norm")
+        rows = hist["values"] if hist else []
+        fired = False
+        for row in rows[self._trigger_rows :]:
+            fired = self.trigger.update(row) or fired
+        self._trigger_rows = len(rows)
+        if fired:
+            self._trigger_reason = f"{self.trigger!r} fired: {self.trigger.reason}; "
+        return fired
 
     # ----------------------------------------------------------------------------------------------- decide
     def _monitor_history(self, trainer: pl.Trainer, metric: str) -> dict | None:
@@ -469,7 +498,7 @@ class InjectionCallback(Callback):
             freeze_backbone=self.freeze_backbone,
             step=step,
             trainable_before=count_trainable(self._hf_model),
-            reason=selection.reason,
+            reason=self._trigger_reason + selection.reason,
             scores=list(selection.scores) if selection.scores is not None else None,
         )
         inject_lora(self._hf_model, record)

@@ -17,12 +17,14 @@ Example:
 from lightning_inflect.selection.base import METRIC_SOURCES, History, MetricHistory, Selection, Selector, history_tensor
 from lightning_inflect.selection.rules import CKAImportance, GradientProbe, Manual, RandomK, TopK, Uniform
 from lightning_inflect.selection.ski import SKI, local_maxima_band, minmax, ski_scores
+from lightning_inflect.selection.trigger import GradientSuppressionTrigger
 
 __all__ = [
     "METRIC_SOURCES",
     "SKI",
     "CKAImportance",
     "GradientProbe",
+    "GradientSuppressionTrigger",
     "History",
     "Manual",
     "MetricHistory",
