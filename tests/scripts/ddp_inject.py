@@ -11,9 +11,9 @@ import lightning.pytorch as pl
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conftest import ClsModule, loader, tiny_model  # noqa: E402
+from conftest import ClsModule, loader, tiny_model
 
-from lightning_inflect import SKI, AttentionEntropyMonitor, GradientNormMonitor, InjectionCallback  # noqa: E402
+from lightning_inflect import SKI, AttentionEntropyMonitor, GradientNormMonitor, InjectionCallback
 
 
 def main() -> None:
