@@ -369,3 +369,12 @@ def test_trigger_injects_early_or_falls_back_to_the_fixed_point(trainer_factory)
         )
     with pytest.raises(ValueError, match=r"`patience` to be an int >= 1"):
         GradientSuppressionTrigger(patience=0)
+
+
+def test_auto_at_epoch_without_monitors_probes_one_step_then_injects(trainer_factory):
+    from lightning_inflect.selection import GradientProbe
+
+    inj = InjectionCallback(auto=True, selector=GradientProbe(k=1), at_epoch=1)
+    trainer_factory([inj], max_epochs=2, max_steps=-1).fit(ClsModule(tiny_model("bert")), loader(32))
+    assert inj.record.step == 5  # epoch 1 starts at step 4; its gradients are probed, the injection follows
+    assert "step 4" in inj.record.reason

@@ -335,6 +335,16 @@ class InjectionCallback(Callback):
                 self._grad_capture.arm()
             self._grad_capture.new_micro_batch()
         if self._boundary and (step >= self.planned_step or self._trigger_fired(trainer)):
+            if self.auto and self._grad_capture is None and any(
+                self._needs_own(m) and m not in self._own_grads for m in ("act_grad_norm", "param_grad_norm")
+            ):
+                # The selector needs gradients nobody logged and this step was not foreseen (at_epoch, a trigger,
+                # step 0): probe this step's backward and inject at the next one.
+                self.planned_step = step + 1
+                self._grad_capture = ActivationGradCapture(self._info.blocks, range(self._info.num_layers))
+                self._grad_capture.arm()
+                self._grad_capture.new_micro_batch()
+                return
             self._inject(trainer, pl_module, batch, step)
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
