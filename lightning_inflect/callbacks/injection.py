@@ -335,8 +335,10 @@ class InjectionCallback(Callback):
                 self._grad_capture.arm()
             self._grad_capture.new_micro_batch()
         if self._boundary and (step >= self.planned_step or self._trigger_fired(trainer)):
-            if self.auto and self._grad_capture is None and any(
-                self._needs_own(m) and m not in self._own_grads for m in ("act_grad_norm", "param_grad_norm")
+            if (
+                self.auto
+                and self._grad_capture is None
+                and any(self._needs_own(m) and m not in self._own_grads for m in ("act_grad_norm", "param_grad_norm"))
             ):
                 # The selector needs gradients nobody logged and this step was not foreseen (at_epoch, a trigger,
                 # step 0): probe this step's backward and inject at the next one.
