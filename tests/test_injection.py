@@ -378,3 +378,22 @@ def test_auto_at_epoch_without_monitors_probes_one_step_then_injects(trainer_fac
     trainer_factory([inj], max_epochs=2, max_steps=-1).fit(ClsModule(tiny_model("bert")), loader(32))
     assert inj.record.step == 5  # epoch 1 starts at step 4; its gradients are probed, the injection follows
     assert "step 4" in inj.record.reason
+
+
+def test_monitors_after_injection_report_frozen_blocks_honestly(trainer_factory):
+    """After freezing, blocks below every trainable parameter get no activation gradient: NaN with its own warning
+    (not the non-finite one), and zero parameter-gradient norm; the adapted block gets real values."""
+    mon = GradientNormMonitor(every_n_steps=1)
+    inj = InjectionCallback(layers=[1], at_step=2, r=2)
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer_factory([mon, inj], max_steps=4).fit(ClsModule(tiny_model("bert")), loader(64))
+    messages = [str(w.message) for w in caught]
+    assert any("no gradient reached the outputs of blocks [0]" in m for m in messages)
+    assert not any("non-finite `act_grad_norm`" in m for m in messages)
+    act, param = mon.history["act_grad_norm"]["values"], mon.history["param_grad_norm"]["values"]
+    assert all(math.isfinite(v) and v > 0 for v in act[1])  # before the injection: every block
+    assert math.isnan(act[3][0]) and act[3][1] > 0 and act[3][2] > 0
+    assert param[3][0] == 0.0 and param[3][2] == 0.0 and param[3][1] > 0

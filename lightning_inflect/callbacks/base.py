@@ -199,11 +199,16 @@ class _InflectMonitor(Callback):
         for logger in trainer.loggers:
             logger.log_metrics(dict(metrics), step=step)
 
-    def _record(self, trainer: pl.Trainer, metric: str, step: int, values: Sequence[float]) -> dict[str, float]:
-        """Append one per-layer vector to the history, refresh the heatmap every few logs; return the keys to log."""
+    def _record(
+        self, trainer: pl.Trainer, metric: str, step: int, values: Sequence[float], unmeasured: Sequence[int] = ()
+    ) -> dict[str, float]:
+        """Append one per-layer vector to the history, refresh the heatmap every few logs; return the keys to log.
+
+        ``unmeasured`` blocks are NaN on purpose (nothing to measure there) and do not count as non-finite.
+        """
         values = [float(v) for v in values]
-        if any(not math.isfinite(v) for v in values):
-            bad = [layer for layer, v in zip(self.layers, values) if not math.isfinite(v)]
+        bad = [layer for layer, v in zip(self.layers, values) if not math.isfinite(v) and layer not in unmeasured]
+        if bad:
             self._warn_once(
                 f"nonfinite_{metric}",
                 f"{type(self).__name__}: non-finite `{metric}` at step {step} in blocks {bad}; logged as nan/inf. "

@@ -95,6 +95,7 @@ class GradientNormMonitor(_InflectMonitor):
         session = self._require_session()
         with session.timed(step):
             parts: list[torch.Tensor] = []
+            unmeasured: list[int] = []
             scale = self._loss_scale(trainer)
             if self._capture is not None and self._capture_step == step:
                 self._capture.disarm()
@@ -102,6 +103,14 @@ class GradientNormMonitor(_InflectMonitor):
                 means, _ = self._capture.read()
                 nan = torch.tensor(float("nan"), device=session.device)
                 parts.append(torch.stack([means.get(layer, nan).float() for layer in self.layers]) / scale)
+                unmeasured = [layer for layer in self.layers if layer not in means]
+                if unmeasured:
+                    self._warn_once(
+                        "no_act_grad",
+                        f"GradientNormMonitor: no gradient reached the outputs of blocks {unmeasured} at step {step}: "
+                        "nothing at or below them is trainable (for instance after freezing the backbone), so "
+                        "autograd never computes it. `act_grad_norm` is logged as NaN there.",
+                    )
             if "parameter" in self.norms:
                 blocks = session.info.blocks
                 groups = [
@@ -116,7 +125,8 @@ class GradientNormMonitor(_InflectMonitor):
             n = len(self.layers)
             metrics: dict[str, float] = {}
             for i, metric in enumerate(self.metrics):
-                metrics.update(self._record(trainer, metric, step, host[i * n : (i + 1) * n]))
+                skip = unmeasured if metric == "act_grad_norm" else ()
+                metrics.update(self._record(trainer, metric, step, host[i * n : (i + 1) * n], skip))
             self._log(trainer, metrics, step)
 
     @staticmethod
