@@ -33,7 +33,7 @@ class LogitsAt(Callback):
     """Eval-mode logits of the model on a fixed batch, taken at ``on_train_batch_start`` of one optimizer step."""
 
     def __init__(self, step: int, batch: dict) -> None:
-        self.step, self.batch, self.logits = step, batch, None
+        self.step, self.batch, self.logits, self.saw_lora = step, batch, None, None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if trainer.global_step == self.step and self.logits is None:
@@ -42,6 +42,7 @@ class LogitsAt(Callback):
             with torch.no_grad():
                 self.logits = pl_module.model(**self.batch).logits.clone()
             pl_module.model.train(was)
+            self.saw_lora = any("lora_" in n for n, _ in pl_module.named_parameters())
 
 
 class ParamsAt(Callback):
@@ -122,6 +123,7 @@ def test_auto_injection_on_minilm_mid_training(tmp_path):
 
     # --- injecting is a no-op on the logits (LoRA B starts at zero) ------------------------------------------------
     assert before.logits is not None and after.logits is not None
+    assert before.saw_lora is False and after.saw_lora is True  # the callback order did what it is meant to
     assert torch.equal(before.logits, after.logits)
 
     # --- LoRA only in the chosen blocks, every trainable tensor in the optimizer exactly once ----------------------
