@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule
@@ -47,7 +48,14 @@ class SequenceClassificationModule(LightningModule):
         0.001
     """
 
-    def __init__(self, model: nn.Module, lr: float = 2e-5, weight_decay: float = 0.0) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        lr: float = 2e-5,
+        weight_decay: float = 0.0,
+        num_training_steps: int | None = None,
+        warmup_steps: int = 0,
+    ) -> None:
         super().__init__()
         if not lr > 0:
             raise ValueError(f"Expected argument `lr` to be a positive float but got {lr!r}.")
@@ -56,6 +64,8 @@ class SequenceClassificationModule(LightningModule):
         self.model = model.train()
         self.lr = lr
         self.weight_decay = weight_decay
+        self.num_training_steps = num_training_steps
+        self.warmup_steps = warmup_steps
         self.save_hyperparameters(ignore=["model"])
 
     def forward(self, **inputs: Tensor):
@@ -85,7 +95,7 @@ class SequenceClassificationModule(LightningModule):
         self.log("val_acc", acc, prog_bar=True, batch_size=labels.shape[0])
         return outputs.loss
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self) -> Any:
         trainable = [p for p in self.parameters() if p.requires_grad]
         decay = [p for p in trainable if p.ndim >= 2]
         no_decay = [p for p in trainable if p.ndim < 2]
@@ -93,4 +103,10 @@ class SequenceClassificationModule(LightningModule):
             {"params": decay, "weight_decay": self.weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
         ]
-        return torch.optim.AdamW([g for g in groups if g["params"]], lr=self.lr)
+        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=self.lr)
+        if self.num_training_steps is None:
+            return optimizer
+        from transformers import get_linear_schedule_with_warmup
+
+        schedule = get_linear_schedule_with_warmup(optimizer, self.warmup_steps, self.num_training_steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
