@@ -1,0 +1,112 @@
+"""The command line and the experiment harness end to end on tiny settings (real MiniLM, real data)."""
+
+import csv
+import json
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from lightning_inflect.cli import main
+from lightning_inflect.experiments.harness import PRESETS, load_study_data
+
+DATA = Path(os.environ.get("LIGHTNING_INFLECT_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+def _need_data():
+    if not (DATA / "sst2" / "train.tsv").is_file():
+        pytest.fail(f"SST-2/RT not found under {DATA}; set LIGHTNING_INFLECT_DATA to the data directory.")
+
+
+@pytest.mark.parametrize(
+    ("command", "options"),
+    [
+        ("demo", ["--data_dir", "--out", "--seed"]),
+        ("source", ["--regime", "--preset", "--model"]),
+        ("transfer", ["--strategy", "--source_ckpt", "--dedup_target"]),
+        ("grid", ["--preset", "--seeds", "--strategies", "--regimes", "--dedup_target"]),
+        ("report", ["--out"]),
+    ],
+)
+def test_every_subcommand_has_help_and_config(command, options, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for opt in [*options, "--config", "--print_config"]:
+        assert opt in text, opt
+
+
+def test_study_data_counts_and_overlap():
+    _need_data()
+    cfg = replace(PRESETS["cpu-small"], data_dir=str(DATA), source_train_size=100, target_train_size=None)
+    raw = load_study_data(cfg)
+    assert raw.counts["target_test"] == 1066 and raw.counts["target_test_overlap"] == 761  # DESIGN.md section 5
+    assert raw.counts["target_train"] == 8530
+    dedup = load_study_data(replace(cfg, dedup_target=True))
+    assert dedup.counts["target_train_removed_as_overlap"] == 4090  # shared/data/README.md
+    assert dedup.counts["target_train"] == 8530 - 4090
+
+
+def test_grid_via_cli_writes_tables_resumes_and_reruns_from_saved_config(tmp_path, capsys):
+    _need_data()
+    out = tmp_path / "grid"
+    args = ["grid", "--preset", "tiny", "--out", str(out), "--data-dir", str(DATA)]
+    main(args)
+    printed = capsys.readouterr().out
+    summary = json.loads((out / "results.json").read_text())["summary"]
+    assert [(r["regime"], r["strategy"]) for r in summary] == [("under", "full"), ("under", "inflection-lora")]
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [r["strategy"] for r in rows] == ["full", "inflection-lora"]
+    assert "| UNDER | inflection-lora |" in printed and (out / "results.md").read_text() in printed
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    lora, full = (
+        next(r for r in runs if r["strategy"] == "inflection-lora"),
+        next(r for r in runs if r["strategy"] == "full"),
+    )
+    assert lora["trainable_params"] < full["trainable_params"] / 100
+    assert len(lora["layers"]) == 2 and lora["reason"].startswith("SKI")
+    assert 0.0 <= lora["test_acc"] <= 1.0 and 0.0 <= lora["test_acc_dedup"] <= 1.0
+    for run_dir in (out / "under" / "full" / "seed0", out / "under" / "inflection-lora" / "seed0"):
+        assert (run_dir / "config.json").is_file() and list((run_dir / "tb").glob("events.out.tfevents.*"))
+    # a re-run skips finished cells
+    stamp = (out / "under" / "full" / "seed0" / "metrics.json").stat().st_mtime_ns
+    start = time.perf_counter()
+    main(args)
+    assert time.perf_counter() - start < 30
+    assert (out / "under" / "full" / "seed0" / "metrics.json").stat().st_mtime_ns == stamp
+    # the resolved config can be saved and re-run
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--print_config"])
+    assert exit_info.value.code == 0
+    saved = tmp_path / "grid.yaml"
+    saved.write_text(capsys.readouterr().out)
+    assert "preset: tiny" in saved.read_text()
+    main(["grid", "--config", str(saved)])
+    assert (out / "results.md").is_file()
+
+
+def test_bad_cli_values_are_refused(capsys):
+    with pytest.raises(SystemExit):
+        main(["grid", "--preset", "huge"])
+    assert "huge" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["transfer", "--strategy", "magic-lora", "--source_ckpt", "x"])
+    assert "magic-lora" in capsys.readouterr().err
+
+
+def test_demo_on_the_synthetic_task(tmp_path):
+    from lightning_inflect.experiments.demo import demo_data, run_demo
+
+    data = demo_data(tmp_path / "no-data-here", sizes=(48, 48, 32))
+    assert not data.real and data.description.startswith("No data directory")
+    summary = run_demo(out=tmp_path / "demo", source_steps=3, target_steps=6, every_n_steps=1, data=data)
+    assert summary["injected_at_step"] == 2 and len(summary["layers"]) == 2
+    assert summary["trainable_after"] < summary["trainable_before"] / 100
+    assert 0.0 <= summary["target_acc_before"] <= 1.0 and 0.0 <= summary["target_acc_after"] <= 1.0
+    assert Path(summary["adapters"], "adapter_model.safetensors").is_file()
+    assert list(Path(summary["tensorboard"]).glob("events.out.tfevents.*"))
+    assert json.loads((tmp_path / "demo" / "metrics.json").read_text())["layers"] == summary["layers"]
