@@ -62,10 +62,10 @@ def demo_data(data_dir: str | Path | None, sizes: tuple[int, int, int] = (640, 4
 def run_demo(
     data_dir: str | Path | None = None,
     out: str | Path = "runs/demo",
-    source_steps: int = 40,
-    target_steps: int = 40,
+    source_steps: int = 30,
+    target_steps: int = 36,
     batch_size: int = 16,
-    max_length: int = 48,
+    max_length: int = 40,
     every_n_steps: int = 4,
     seed: int = 0,
     data: DemoData | None = None,
