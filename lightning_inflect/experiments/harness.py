@@ -422,6 +422,11 @@ def run_grid(cfg: ExperimentConfig, out_dir: str | Path, progress: bool = True) 
     cells = [(r, s, seed) for r in cfg.regimes for s in cfg.strategies for seed in cfg.seeds]
     results = []
     start = time.perf_counter()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(cells), desc="grid", unit="run")
     for i, (regime, strategy, seed) in enumerate(cells, 1):
         run_dir = out / regime / strategy / f"seed{seed}"
         done = run_dir / "metrics.json"
@@ -432,12 +437,17 @@ def run_grid(cfg: ExperimentConfig, out_dir: str | Path, progress: bool = True) 
             metrics = run_transfer(cfg, strategy, seed, source_dir, run_dir, data)
         metrics["regime"] = regime
         results.append(metrics)
+        if bar is not None:
+            bar.set_postfix_str(f"{regime} {strategy} seed {seed}: acc {metrics['test_acc']:.3f}")
+            bar.update()
         if progress:
-            log.warning(
+            log.info(
                 "[%d/%d] %s %s seed %d: test acc %.4f (dedup %.4f), %s trainable, %.0f s elapsed",
                 i, len(cells), regime, strategy, seed, metrics["test_acc"], metrics["test_acc_dedup"],
                 f"{metrics['trainable_params']:,}", time.perf_counter() - start,
             )  # fmt: skip
+    if bar is not None:
+        bar.close()
     write_results(results, out, cfg, wall_seconds=time.perf_counter() - start)
     return results
 
