@@ -329,7 +329,7 @@ class InjectionCallback(Callback):
         self._step_at_start = step
         if self.injected or self.planned_step is None:
             return
-        if self.auto and self._needs_own("act_grad_norm") and step == self.planned_step - 1:
+        if self.auto and step == self.planned_step - 1 and self._needs_own("act_grad_norm"):
             if self._grad_capture is None:
                 self._grad_capture = ActivationGradCapture(self._info.blocks, range(self._info.num_layers))
                 self._grad_capture.arm()
@@ -369,6 +369,13 @@ class InjectionCallback(Callback):
 
     def _trigger_fired(self, trainer: pl.Trainer) -> bool:
         if self.trigger is None:
+            return False
+        logged = max(
+            (len(cb.history["act_grad_norm"]["steps"]) for cb in trainer.callbacks
+             if isinstance(cb, _InflectMonitor) and "act_grad_norm" in cb.history),
+            default=0,
+        )  # fmt: skip
+        if logged <= self._trigger_rows:  # nothing new: stay off the per-batch path
             return False
         hist = self._monitor_history(trainer, "act_grad_norm")
         rows = hist["values"] if hist else []
