@@ -112,6 +112,8 @@ def grid(
 ) -> None:
     """Run regimes x strategies x seeds and write results.md, results.csv and results.json; re-runs resume.
 
+    The tables are rewritten after every finished cell and marked partial until the grid is complete.
+
     Args:
         preset: cpu-small (2 CPU cores, about an hour), paper (BERT-base protocol, for a GPU) or tiny (seconds).
         out: grid folder; finished cells (with metrics.json) are skipped.

@@ -110,3 +110,39 @@ def test_demo_on_the_synthetic_task(tmp_path):
     assert Path(summary["adapters"], "adapter_model.safetensors").is_file()
     assert list(Path(summary["tensorboard"]).glob("events.out.tfevents.*"))
     assert json.loads((tmp_path / "demo" / "metrics.json").read_text())["layers"] == summary["layers"]
+
+
+def test_interrupted_grid_leaves_a_partial_table_and_resumes(tmp_path, monkeypatch):
+    """The grid's bookkeeping alone: the training functions are replaced by ones that write a metrics.json."""
+    from lightning_inflect.experiments import harness
+
+    _need_data()
+    cfg = replace(PRESETS["tiny"], data_dir=str(DATA), strategies=["full", "shallow", "uniform-lora"])
+    calls = []
+
+    def fake_transfer(cfg, strategy, seed, source_dir, run_dir, data=None):
+        calls.append(strategy)
+        if strategy == "shallow" and len(calls) == 2:
+            raise KeyboardInterrupt  # the user stops the grid during its second cell
+        metrics = {"strategy": strategy, "seed": seed, "layers": None, "trainable_params": 10 * len(calls),
+                   "train_seconds": 1.0, "test_acc": 0.5 + 0.1 * len(calls), "test_acc_dedup": 0.5,
+                   "counts": data.counts}  # fmt: skip
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "metrics.json").write_text(json.dumps(metrics))
+        return metrics
+
+    monkeypatch.setattr(harness, "train_source", lambda cfg, regime, out, data=None: out / "source")
+    monkeypatch.setattr(harness, "run_transfer", fake_transfer)
+    out = tmp_path / "grid"
+    with pytest.raises(KeyboardInterrupt):
+        harness.run_grid(cfg, out, progress=False)
+    partial = json.loads((out / "results.json").read_text())
+    assert (partial["complete"], partial["cells_done"], partial["cells_total"]) == (False, 1, 3)
+    assert [r["strategy"] for r in partial["runs"]] == ["full"]
+    assert (out / "results.md").read_text().startswith("**Partial: 1 of 3 cells finished.**")
+    harness.run_grid(cfg, out, progress=False)  # resumes: the finished cell is read back, not re-run
+    assert calls == ["full", "shallow", "shallow", "uniform-lora"]
+    final = json.loads((out / "results.json").read_text())
+    assert (final["complete"], final["cells_done"]) == (True, 3)
+    assert [r["test_acc"] for r in final["runs"]] == pytest.approx([0.6, 0.8, 0.9])
+    assert "Partial" not in (out / "results.md").read_text()

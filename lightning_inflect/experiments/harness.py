@@ -446,9 +446,11 @@ def run_grid(cfg: ExperimentConfig, out_dir: str | Path, progress: bool = True) 
                 i, len(cells), regime, strategy, seed, metrics["test_acc"], metrics["test_acc_dedup"],
                 f"{metrics['trainable_params']:,}", time.perf_counter() - start,
             )  # fmt: skip
+        if i < len(cells):  # a partial table after every cell: an interrupted grid still leaves one to read
+            write_results(results, out, cfg, wall_seconds=time.perf_counter() - start, cells_total=len(cells))
     if bar is not None:
         bar.close()
-    write_results(results, out, cfg, wall_seconds=time.perf_counter() - start)
+    write_results(results, out, cfg, wall_seconds=time.perf_counter() - start, cells_total=len(cells))
     return results
 
 
@@ -459,8 +461,20 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def write_results(results: list[dict[str, Any]], out: Path, cfg: ExperimentConfig, wall_seconds: float) -> None:
-    """``results.json`` (every run), ``results.csv`` and ``results.md`` (mean +- std per regime and strategy)."""
+def write_results(
+    results: list[dict[str, Any]],
+    out: Path,
+    cfg: ExperimentConfig,
+    wall_seconds: float,
+    cells_total: int | None = None,
+) -> None:
+    """``results.json`` (every run), ``results.csv`` and ``results.md`` (mean +- std per regime and strategy).
+
+    ``cells_total`` is the grid's size: when fewer runs than that are given, the tables say they are partial
+    (``results.json`` has ``"complete": false`` and ``results.md`` a line naming the finished and total cells).
+    """
+    cells_total = len(results) if cells_total is None else cells_total
+    complete = len(results) >= cells_total
     rows = []
     for regime in cfg.regimes:
         for strategy in cfg.strategies:
@@ -484,7 +498,17 @@ def write_results(results: list[dict[str, Any]], out: Path, cfg: ExperimentConfi
                 }
             )
     (out / "results.json").write_text(
-        json.dumps({"runs": results, "summary": rows, "wall_seconds": wall_seconds}, indent=2)
+        json.dumps(
+            {
+                "runs": results,
+                "summary": rows,
+                "wall_seconds": wall_seconds,
+                "complete": complete,
+                "cells_done": len(results),
+                "cells_total": cells_total,
+            },
+            indent=2,
+        )
     )
     with open(out / "results.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["regime"])
@@ -492,7 +516,8 @@ def write_results(results: list[dict[str, Any]], out: Path, cfg: ExperimentConfi
         for row in rows:
             writer.writerow({**row, "layers": " ".join("/".join(map(str, t)) for t in row["layers"])})
     counts = results[0]["counts"] if results else {}
-    lines = [
+    lines = [] if complete else [f"**Partial: {len(results)} of {cells_total} cells finished.**", ""]
+    lines += [
         "| regime | strategy | test acc (whole test set) | test acc (no SST-2 overlap) | trainable params | "
         "train s | blocks |",
         "| --- | --- | ---: | ---: | ---: | ---: | --- |",
