@@ -6,11 +6,12 @@ file.yaml`` and prints its resolved configuration with ``--print_config``, so a 
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import sys
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 __all__ = ["main"]
 
@@ -109,6 +110,7 @@ def grid(
     strategies: list[Strategy] | None = None,
     regimes: list[Literal["under", "over"]] | None = None,
     dedup_target: bool = False,
+    collect_only: bool = False,
 ) -> None:
     """Run regimes x strategies x seeds and write results.md, results.csv and results.json; re-runs resume.
 
@@ -124,6 +126,8 @@ def grid(
         regimes: subset of under, over.
         dedup_target: drop RT training sentences that occur in SST-2 train (test accuracy is always reported both
             on the whole test set and without the overlapping sentences).
+        collect_only: train nothing, only rebuild the tables from the finished cells under OUT (for cells run by
+            several processes at once, e.g. one per seed).
     """
     from lightning_inflect.experiments.harness import run_grid
 
@@ -131,7 +135,7 @@ def grid(
         preset, data_dir=data_dir, model=model, seeds=seeds, strategies=strategies, regimes=regimes,
         dedup_target=dedup_target or None,
     )  # fmt: skip
-    run_grid(cfg, out)
+    run_grid(cfg, out, collect_only=collect_only)
     print((Path(out) / "results.md").read_text())  # noqa: T201
 
 
@@ -163,13 +167,39 @@ def _dashes_to_underscores(args: list[str]) -> list[str]:
     return out
 
 
+def _bare_flags(args: list[str], commands: dict[str, Any]) -> list[str]:
+    """Let a boolean option stand alone: ``--dedup_target`` means ``--dedup_target true`` (jsonargparse wants a value).
+
+    Example:
+        >>> def grid(dedup_target: bool = False, seeds: list[int] | None = None): ...
+        >>> _bare_flags(["grid", "--dedup_target", "--seeds", "[1]"], {"grid": grid})
+        ['grid', '--dedup_target', 'true', '--seeds', '[1]']
+        >>> _bare_flags(["grid", "--dedup_target", "false"], {"grid": grid})
+        ['grid', '--dedup_target', 'false']
+    """
+    command = next((a for a in args if not a.startswith("-")), None)
+    if command not in commands:
+        return args
+    flags = {
+        f"--{n}" for n, p in inspect.signature(commands[command]).parameters.items() if p.annotation in (bool, "bool")
+    }
+    out = []
+    for i, a in enumerate(args):
+        out.append(a)
+        following = args[i + 1] if i + 1 < len(args) else None
+        if a in flags and (following is None or following.startswith("-")):
+            out.append("true")
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``lightning-inflect`` console script and of ``python -m lightning_inflect``."""
     from jsonargparse import CLI
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    args = _dashes_to_underscores(argv if argv is not None else sys.argv[1:])
-    CLI([demo, source, transfer, grid, report], args=args, as_positional=False)
+    commands = {f.__name__: f for f in (demo, source, transfer, grid, report)}
+    args = _bare_flags(_dashes_to_underscores(argv if argv is not None else sys.argv[1:]), commands)
+    CLI(list(commands.values()), args=args, as_positional=False)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ def _need_data():
         ("demo", ["--data_dir", "--out", "--seed"]),
         ("source", ["--regime", "--preset", "--model"]),
         ("transfer", ["--strategy", "--source_ckpt", "--dedup_target"]),
-        ("grid", ["--preset", "--seeds", "--strategies", "--regimes", "--dedup_target"]),
+        ("grid", ["--preset", "--seeds", "--strategies", "--regimes", "--dedup_target", "--collect_only"]),
         ("report", ["--out"]),
     ],
 )
@@ -146,3 +146,48 @@ def test_interrupted_grid_leaves_a_partial_table_and_resumes(tmp_path, monkeypat
     assert (final["complete"], final["cells_done"]) == (True, 3)
     assert [r["test_acc"] for r in final["runs"]] == pytest.approx([0.6, 0.8, 0.9])
     assert "Partial" not in (out / "results.md").read_text()
+
+
+def test_collect_only_builds_the_table_from_finished_cells_and_trains_nothing(tmp_path, monkeypatch, capsys):
+    from lightning_inflect.experiments import harness
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("collect_only trained something")
+
+    monkeypatch.setattr(harness, "run_transfer", must_not_run)
+    monkeypatch.setattr(harness, "train_source", must_not_run)
+    out = tmp_path / "grid"
+    args = ["grid", "--preset", "tiny", "--out", str(out), "--collect-only", "--seeds", "[0, 1]"]
+    with pytest.raises(FileNotFoundError, match="No finished cell"):
+        main(args)
+    accs = {("full", 0): 0.5, ("full", 1): 0.7, ("inflection-lora", 1): 0.9}  # one cell of four missing
+    for (strategy, seed), acc in accs.items():
+        run = out / "under" / strategy / f"seed{seed}"
+        run.mkdir(parents=True)
+        metrics = {"strategy": strategy, "seed": seed, "layers": [1], "trainable_params": 7, "train_seconds": 60.0,
+                   "test_acc": acc, "test_acc_dedup": acc / 2, "counts": {}}  # fmt: skip
+        (run / "metrics.json").write_text(json.dumps(metrics))
+    main(args)
+    summary = json.loads((out / "results.json").read_text())
+    assert (summary["complete"], summary["cells_done"], summary["cells_total"]) == (False, 3, 4)
+    full = next(r for r in summary["summary"] if r["strategy"] == "full")
+    assert full["test_acc_mean"] == pytest.approx(0.6) and full["test_acc_std"] == pytest.approx(0.1414, abs=1e-4)
+    text = (out / "results.md").read_text()
+    assert text.startswith("**Partial: 3 of 4 cells finished.**") and "Summed run time 3.0 min" in text
+    assert text in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("flag", "expected"),
+    [
+        (["--dedup-target"], "true"),
+        (["--dedup-target", "false"], "false"),
+        (["--dedup-target=true"], "true"),
+        ([], "false"),
+    ],
+)
+def test_boolean_options_work_as_bare_flags(flag, expected, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["grid", "--preset", "tiny", *flag, "--print_config"])
+    assert exit_info.value.code == 0
+    assert f"dedup_target: {expected}" in capsys.readouterr().out

@@ -413,13 +413,37 @@ def _test_accuracies(model: Any, tokenizer: Any, data: StudyData, cfg: Experimen
 
 
 # ---------------------------------------------------------------------------------------------------------- grid
-def run_grid(cfg: ExperimentConfig, out_dir: str | Path, progress: bool = True) -> list[dict[str, Any]]:
-    """Regimes x strategies x seeds; finished cells (with ``metrics.json``) are skipped, so a re-run resumes."""
+def run_grid(
+    cfg: ExperimentConfig, out_dir: str | Path, progress: bool = True, collect_only: bool = False
+) -> list[dict[str, Any]]:
+    """Regimes x strategies x seeds; finished cells (with ``metrics.json``) are skipped, so a re-run resumes.
+
+    Args:
+        cfg: the study's settings.
+        out_dir: the grid folder: ``REGIME/STRATEGY/seedN/`` per cell, ``source/REGIME/model`` per source model.
+        progress: a progress bar over the cells and a log line per cell.
+        collect_only: train nothing; only rebuild the tables from the cells already finished (for cells run by
+            several processes or machines into one folder). The tables say how many cells are missing.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    cells = [(r, s, seed) for r in cfg.regimes for s in cfg.strategies for seed in cfg.seeds]
+    if collect_only:
+        results = []
+        for regime, strategy, seed in cells:
+            done = out / regime / strategy / f"seed{seed}" / "metrics.json"
+            if done.is_file():
+                results.append({**json.loads(done.read_text()), "regime": regime})
+        if not results:
+            raise FileNotFoundError(
+                f"No finished cell (REGIME/STRATEGY/seedN/metrics.json) under {str(out)!r} for regimes "
+                f"{cfg.regimes}, strategies {cfg.strategies} and seeds {cfg.seeds}: run the grid without "
+                "`collect_only` first, or point `out` at a grid folder."
+            )
+        write_results(results, out, cfg, wall_seconds=None, cells_total=len(cells))
+        return results
     (out / "grid_config.json").write_text(json.dumps(asdict(cfg), indent=2))
     data = load_study_data(cfg)
-    cells = [(r, s, seed) for r in cfg.regimes for s in cfg.strategies for seed in cfg.seeds]
     results = []
     start = time.perf_counter()
     bar = None
@@ -465,13 +489,15 @@ def write_results(
     results: list[dict[str, Any]],
     out: Path,
     cfg: ExperimentConfig,
-    wall_seconds: float,
+    wall_seconds: float | None,
     cells_total: int | None = None,
 ) -> None:
     """``results.json`` (every run), ``results.csv`` and ``results.md`` (mean +- std per regime and strategy).
 
     ``cells_total`` is the grid's size: when fewer runs than that are given, the tables say they are partial
     (``results.json`` has ``"complete": false`` and ``results.md`` a line naming the finished and total cells).
+    ``wall_seconds`` is None when the runs were collected from several processes: the tables then give the
+    summed run time instead of a wall time.
     """
     cells_total = len(results) if cells_total is None else cells_total
     complete = len(results) >= cells_total
@@ -536,7 +562,12 @@ def write_results(
         f"sentences ({counts.get('target_train_removed_as_overlap', 0)} removed as overlap), RT test "
         f"{counts.get('target_test')} sentences of which {counts.get('target_test_overlap')} occur in SST-2 train "
         f"(the dedup column uses the other {counts.get('target_test_dedup')}). Mean +- std over seeds "
-        f"{cfg.seeds}. Wall time {wall_seconds / 60:.1f} min."
+        f"{cfg.seeds}. "
+        + (
+            f"Wall time {wall_seconds / 60:.1f} min."
+            if wall_seconds is not None
+            else f"Summed run time {sum(m['train_seconds'] for m in results) / 60:.1f} min (collected cells)."
+        )
     )
     (out / "results.md").write_text("\n".join(lines) + "\n")
 
