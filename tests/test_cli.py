@@ -71,6 +71,7 @@ def test_grid_via_cli_writes_tables_resumes_and_reruns_from_saved_config(tmp_pat
     assert 0.0 <= lora["test_acc"] <= 1.0 and 0.0 <= lora["test_acc_dedup"] <= 1.0
     for run_dir in (out / "under" / "full" / "seed0", out / "under" / "inflection-lora" / "seed0"):
         assert (run_dir / "config.json").is_file() and list((run_dir / "tb").glob("events.out.tfevents.*"))
+    _saved_weights_reproduce_the_runs(out, full, lora)
     # a re-run skips finished cells
     stamp = (out / "under" / "full" / "seed0" / "metrics.json").stat().st_mtime_ns
     start = time.perf_counter()
@@ -87,6 +88,33 @@ def test_grid_via_cli_writes_tables_resumes_and_reruns_from_saved_config(tmp_pat
     assert "preset: tiny" in saved.read_text()
     main(["grid", "--config", str(saved)])
     assert (out / "results.md").is_file()
+
+
+def _saved_weights_reproduce_the_runs(out: Path, full: dict, lora: dict) -> None:
+    """Each run's saved weights, loaded back the way a user would, give its recorded test accuracy."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from lightning_inflect.experiments.harness import evaluate
+
+    cfg = replace(PRESETS["tiny"], data_dir=str(DATA))
+    test = load_study_data(cfg).target_test
+    source_dir = out / "source" / "under" / "model"
+    full_dir = out / "under" / "full" / "seed0" / full["weights"]
+    lora_dir = out / "under" / "inflection-lora" / "seed0" / lora["weights"]
+    assert (full["weights"], lora["weights"]) == ("model", "inflect_adapters")
+    tokenizer = AutoTokenizer.from_pretrained(source_dir)
+    source = AutoModelForSequenceClassification.from_pretrained(source_dir).eval()
+    tuned = AutoModelForSequenceClassification.from_pretrained(full_dir).eval()
+    adapted = PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(source_dir), lora_dir)
+    adapted.eval()
+    assert evaluate(tuned, tokenizer, test, cfg) == full["test_acc"]
+    assert evaluate(adapted, tokenizer, test, cfg) == lora["test_acc"]
+    batch = tokenizer([t for t, _ in test[:8]], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        before, after_full, after_lora = (m(**batch).logits for m in (source, tuned, adapted))
+    assert not torch.allclose(before, after_full) and not torch.allclose(before, after_lora)  # the training is in them
 
 
 def test_bad_cli_values_are_refused(capsys):

@@ -74,6 +74,9 @@ class ExperimentConfig:
         r, lora_alpha: LoRA hyper-parameters.
         diagnose_steps: steps of the diagnosis pass (learning rate 0) the selectors read.
         monitor_every: the monitors' ``every_n_steps`` during transfer runs (0: no monitors).
+        save_weights: save what each transfer run trained in its folder: the adapters in peft's format
+            (``inflect_adapters/``, with the classifier head as ``modules_to_save``) for the LoRA strategies, the
+            whole model (``model/``, ``save_pretrained``) for ``full`` and ``shallow``.
         accelerator: Lightning accelerator.
     """
 
@@ -94,6 +97,7 @@ class ExperimentConfig:
     lora_alpha: float = 16.0
     diagnose_steps: int = 3
     monitor_every: int = 10
+    save_weights: bool = True
     accelerator: str = "auto"
     regimes: list[str] = field(default_factory=lambda: ["under", "over"])
     strategies: list[str] = field(default_factory=lambda: list(STRATEGIES))
@@ -367,7 +371,16 @@ def run_transfer(
         for name, p in model.named_parameters():
             p.requires_grad_(name.startswith(keep))
     if strategy.endswith("-lora"):
-        callbacks.append(InjectionCallback(layers=layers, at_step=0, r=cfg.r, lora_alpha=cfg.lora_alpha, export=False))
+        callbacks.append(
+            InjectionCallback(
+                layers=layers,
+                at_step=0,
+                r=cfg.r,
+                lora_alpha=cfg.lora_alpha,
+                export=cfg.save_weights,
+                export_dir=run_dir,
+            )
+        )
     if cfg.monitor_every:
         every = cfg.monitor_every
         callbacks = [
@@ -383,6 +396,14 @@ def run_transfer(
     )
     _trainer(cfg, run_dir, steps, callbacks, monitor=bool(cfg.monitor_every)).fit(module, loader)
     train_seconds = time.perf_counter() - start
+    weights = None
+    if cfg.save_weights:
+        if strategy.endswith("-lora"):
+            weights = "inflect_adapters"  # written by the InjectionCallback at the end of fit
+        else:
+            weights = "model"
+            model.save_pretrained(str(run_dir / weights))
+            tokenizer.save_pretrained(str(run_dir / weights))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     metrics = {
         "strategy": strategy,
@@ -395,6 +416,7 @@ def run_transfer(
         "total_params": sum(p.numel() for p in model.parameters()),
         "steps": steps,
         "train_seconds": train_seconds,
+        "weights": weights,
         **_test_accuracies(model, tokenizer, data, cfg),
         "counts": data.counts,
     }
