@@ -70,7 +70,7 @@ def source(
     from lightning_inflect.experiments.harness import train_source
 
     cfg = _config(preset, data_dir=data_dir, model=model)
-    path = train_source(cfg, regime, Path(out))
+    path = train_source(cfg, regime, Path(out), progress=True)
     print(f"Source model ({regime}): {path}")  # noqa: T201
     print((path.parent / "source.json").read_text())  # noqa: T201
 
@@ -100,7 +100,7 @@ def transfer(
 
     cfg = _config(preset, data_dir=data_dir, dedup_target=dedup_target or None)
     run_dir = Path(out or f"runs/transfer/{strategy}/seed{seed}")
-    metrics = run_transfer(cfg, strategy, seed, Path(source_ckpt), run_dir)
+    metrics = run_transfer(cfg, strategy, seed, Path(source_ckpt), run_dir, progress=True)
     print(json.dumps({k: v for k, v in metrics.items() if k != "scores"}, indent=2))  # noqa: T201
 
 

@@ -148,7 +148,7 @@ def test_interrupted_grid_leaves_a_partial_table_and_resumes(tmp_path, monkeypat
     cfg = replace(PRESETS["tiny"], data_dir=str(DATA), strategies=["full", "shallow", "uniform-lora"])
     calls = []
 
-    def fake_transfer(cfg, strategy, seed, source_dir, run_dir, data=None):
+    def fake_transfer(cfg, strategy, seed, source_dir, run_dir, data=None, **kw):
         calls.append(strategy)
         if strategy == "shallow" and len(calls) == 2:
             raise KeyboardInterrupt  # the user stops the grid during its second cell
@@ -159,7 +159,7 @@ def test_interrupted_grid_leaves_a_partial_table_and_resumes(tmp_path, monkeypat
         (run_dir / "metrics.json").write_text(json.dumps(metrics))
         return metrics
 
-    monkeypatch.setattr(harness, "train_source", lambda cfg, regime, out, data=None: out / "source")
+    monkeypatch.setattr(harness, "train_source", lambda cfg, regime, out, data=None, **kw: out / "source")
     monkeypatch.setattr(harness, "run_transfer", fake_transfer)
     out = tmp_path / "grid"
     with pytest.raises(KeyboardInterrupt):
@@ -219,3 +219,39 @@ def test_boolean_options_work_as_bare_flags(flag, expected, capsys):
         main(["grid", "--preset", "tiny", *flag, "--print_config"])
     assert exit_info.value.code == 0
     assert f"dedup_target: {expected}" in capsys.readouterr().out
+
+
+def test_source_then_transfer_commands(tmp_path, capsys):
+    """`source` saves a model, `transfer` fine-tunes it with one strategy; both show a progress bar."""
+    from transformers import AutoModelForSequenceClassification
+
+    _need_data()
+    study, run = tmp_path / "study", tmp_path / "run"
+    main(["source", "--regime", "under", "--preset", "tiny", "--out", str(study), "--data-dir", str(DATA)])
+    captured = capsys.readouterr()
+    model_dir = study / "source" / "under" / "model"
+    assert f"Source model (under): {model_dir}" in captured.out and "Epoch 0: 100%" in captured.out
+    info = json.loads((model_dir.parent / "source.json").read_text())
+    assert (info["epochs"], info["steps"]) == (1, 4)  # 64 sentences in batches of 16
+    assert 0.0 <= info["sst2_dev_acc"] <= 1.0
+    args = ["transfer", "--strategy", "shallow", "--source-ckpt", str(model_dir), "--preset", "tiny"]
+    main([*args, "--out", str(run), "--data-dir", str(DATA), "--dedup-target"])
+    captured = capsys.readouterr()
+    bar, printed = captured.out.rsplit("\n{\n", 1)
+    assert "Epoch 0: 100%" in bar
+    metrics = json.loads("{\n" + printed)
+    assert metrics == {k: v for k, v in json.loads((run / "metrics.json").read_text()).items() if k != "scores"}
+    assert metrics["counts"]["target_train_removed_as_overlap"] > 0 and metrics["counts"]["target_train"] == 32
+    source = AutoModelForSequenceClassification.from_pretrained(model_dir)
+    shallow = ("bert.encoder.layer.4.", "bert.encoder.layer.5.", "classifier.")  # tiny preset: k = 2 of 6 blocks
+    expected = sum(p.numel() for n, p in source.named_parameters() if n.startswith(shallow))
+    assert metrics["trainable_params"] == expected and metrics["layers"] == [4, 5]
+    tuned = AutoModelForSequenceClassification.from_pretrained(run / "model")
+    for (name, before), after in zip(source.state_dict().items(), tuned.state_dict().values()):
+        assert torch_equal(before, after) != name.startswith(shallow), name  # only the shallow part changed
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))

@@ -223,10 +223,15 @@ def _load_model(name_or_path: str | None) -> tuple[Any, Any]:
     return model.train(), AutoTokenizer.from_pretrained(name_or_path)
 
 
-def _trainer(cfg: ExperimentConfig, run_dir: Path, max_steps: int, callbacks: list, monitor: bool) -> Any:
+def _trainer(
+    cfg: ExperimentConfig, run_dir: Path, max_steps: int, callbacks: list, monitor: bool, progress: bool = False
+) -> Any:
     import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import TQDMProgressBar
     from lightning.pytorch.loggers import TensorBoardLogger
 
+    if progress:  # the plain tqdm bar: rich's shows "Epoch 0/-2" when only max_steps is set
+        callbacks = [*callbacks, TQDMProgressBar()]
     return pl.Trainer(
         accelerator=cfg.accelerator,
         devices=1,
@@ -234,7 +239,7 @@ def _trainer(cfg: ExperimentConfig, run_dir: Path, max_steps: int, callbacks: li
         callbacks=callbacks,
         logger=TensorBoardLogger(str(run_dir), name="tb", version="") if monitor else False,
         enable_checkpointing=False,
-        enable_progress_bar=False,
+        enable_progress_bar=progress,
         enable_model_summary=False,
         log_every_n_steps=max(1, cfg.monitor_every or 50),
         num_sanity_val_steps=0,
@@ -266,8 +271,13 @@ def evaluate(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, int]], cfg: 
     return sum(correct) / len(correct) if correct else math.nan
 
 
-def train_source(cfg: ExperimentConfig, regime: str, out_dir: Path, data: StudyData | None = None) -> Path:
-    """Fine-tune the model on SST-2 for the regime's epochs (UNDER 1, OVER 8); save it; skip if already saved."""
+def train_source(
+    cfg: ExperimentConfig, regime: str, out_dir: Path, data: StudyData | None = None, progress: bool = False
+) -> Path:
+    """Fine-tune the model on SST-2 for the regime's epochs (UNDER 1, OVER 8); save it; skip if already saved.
+
+    ``progress`` shows Lightning's progress bar over the training steps.
+    """
     import lightning.pytorch as pl
 
     from lightning_inflect.experiments.loaders import make_dataloader
@@ -285,7 +295,7 @@ def train_source(cfg: ExperimentConfig, regime: str, out_dir: Path, data: StudyD
         model, lr=cfg.source_lr, num_training_steps=steps, warmup_steps=int(cfg.warmup_ratio * steps)
     )
     start = time.perf_counter()
-    _trainer(cfg, out_dir / "source" / regime, steps, [], monitor=False).fit(module, loader)
+    _trainer(cfg, out_dir / "source" / regime, steps, [], monitor=False, progress=progress).fit(module, loader)
     model_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(model_dir))
     tokenizer.save_pretrained(str(model_dir))
@@ -337,9 +347,18 @@ def diagnose(cfg: ExperimentConfig, strategy: str, seed: int, source_dir: Path, 
 
 
 def run_transfer(
-    cfg: ExperimentConfig, strategy: str, seed: int, source_dir: Path, run_dir: Path, data: StudyData | None = None
+    cfg: ExperimentConfig,
+    strategy: str,
+    seed: int,
+    source_dir: Path,
+    run_dir: Path,
+    data: StudyData | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
-    """Fine-tune the source model on Rotten Tomatoes with one strategy and seed; write and return ``metrics.json``."""
+    """Fine-tune the source model on Rotten Tomatoes with one strategy and seed; write and return ``metrics.json``.
+
+    ``progress`` shows Lightning's progress bar over the training steps.
+    """
     import lightning.pytorch as pl
 
     from lightning_inflect import AttentionEntropyMonitor, CKADriftMonitor, GradientNormMonitor, InjectionCallback
@@ -394,7 +413,7 @@ def run_transfer(
     module = SequenceClassificationModule(
         model, lr=cfg.lr, num_training_steps=steps, warmup_steps=int(cfg.warmup_ratio * steps)
     )
-    _trainer(cfg, run_dir, steps, callbacks, monitor=bool(cfg.monitor_every)).fit(module, loader)
+    _trainer(cfg, run_dir, steps, callbacks, monitor=bool(cfg.monitor_every), progress=progress).fit(module, loader)
     train_seconds = time.perf_counter() - start
     weights = None
     if cfg.save_weights:
@@ -480,7 +499,7 @@ def run_grid(
         if done.is_file():
             metrics = json.loads(done.read_text())
         else:
-            source_dir = train_source(cfg, regime, out, data)
+            source_dir = train_source(cfg, regime, out, data, progress=progress)  # a bar: OVER takes long
             metrics = run_transfer(cfg, strategy, seed, source_dir, run_dir, data)
         metrics["regime"] = regime
         results.append(metrics)
