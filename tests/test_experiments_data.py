@@ -254,3 +254,26 @@ def test_dataloader_rejects_bad_arguments(minilm_tokenizer):
         make_dataloader([("a", 1)], minilm_tokenizer, batch_size=0)
     with pytest.raises(ValueError, match=r"Expected argument `max_length` to be a positive integer but got -1"):
         TextClassificationDataset([("a", 1)], minilm_tokenizer, max_length=-1)
+
+
+@pytest.mark.parametrize("subfolder", ["", "rt-polaritydata"])
+def test_original_latin1_files_give_the_hf_identical_splits(data_dir, rotten_tomatoes, tmp_path, subfolder):
+    originals = tmp_path / "rotten_tomatoes" / subfolder
+    originals.mkdir(parents=True)
+    for name in ("rt-polarity.pos", "rt-polarity.neg"):  # links: the data stay where they are
+        (originals / name).symlink_to(data_dir / "rotten_tomatoes" / name)
+    for split, expected in rotten_tomatoes.items():
+        derived = load_rotten_tomatoes(tmp_path, split)
+        assert derived == expected, split  # same text, label and order as the HF-identical TSV
+    assert sum("\x85" in t for split in RT_SIZES for t, _ in load_rotten_tomatoes(tmp_path, split)) == 22
+
+
+def test_original_files_that_are_not_the_release_are_refused(data_dir, tmp_path):
+    folder = tmp_path / "rotten_tomatoes"
+    folder.mkdir()
+    (folder / "rt-polarity.pos").write_bytes((data_dir / "rotten_tomatoes" / "rt-polarity.pos").read_bytes()[:5000])
+    with pytest.raises(FileNotFoundError, match=r"rt-polarity\.neg"):
+        load_rotten_tomatoes(tmp_path, "train")
+    (folder / "rt-polarity.neg").write_bytes(b"one\ntwo\n")
+    with pytest.raises(ValueError, match=r"Expected 5331 lines in `.*rt-polarity\.pos` .* but got \d+"):
+        load_rotten_tomatoes(tmp_path, "test")

@@ -8,6 +8,10 @@ Expected layout of the data directory::
     <data_dir>/rotten_tomatoes/{train,validation,test}.tsv   # header `text<TAB>label`
     <data_dir>/sst2/{train,dev}.tsv                           # header `sentence<TAB>label` (GLUE)
 
+Instead of the Rotten Tomatoes TSV files, the original release works too: ``rt-polarity.pos`` and
+``rt-polarity.neg`` (latin-1) in ``rotten_tomatoes/`` or in ``rotten_tomatoes/rt-polaritydata/`` as the tarball
+unpacks; :func:`read_rt_polarity` derives the same splits from them.
+
 On a machine with network, ``data_dir="hf-hub"`` (``--data-dir hf-hub``, or ``LIGHTNING_INFLECT_DATA=hf-hub``) loads
 the same splits from the Hugging Face hub instead, with the ``datasets`` library (``pip install
 'lightning-inflect[hub]'``); see :data:`HUB_DATASETS`. They come back as the same ``(text, label)`` pairs, in the
@@ -26,12 +30,14 @@ __all__ = [
     "DATA_DIR_ENV_VAR",
     "HUB",
     "HUB_DATASETS",
+    "RT_ORIGINAL_SPLITS",
     "RottenTomatoesSplit",
     "SST2Split",
     "is_hub",
     "load_from_hub",
     "load_rotten_tomatoes",
     "load_sst2",
+    "read_rt_polarity",
     "read_tsv",
     "resolve_data_dir",
 ]
@@ -57,7 +63,14 @@ HUB_DATASETS: dict[str, tuple[str, str | None, str, dict[str, str]]] = {
 """Where ``data_dir="hf-hub"`` finds each dataset (GLUE's SST-2 ``dev`` is the hub's ``validation`` split)."""
 
 _TEXT_COLUMNS = ("text", "sentence")
-_EXPECTED_FILES = "`rotten_tomatoes/{train,validation,test}.tsv` and `sst2/{train,dev}.tsv`"
+_EXPECTED_FILES = (
+    "`rotten_tomatoes/{train,validation,test}.tsv` (or the original `rotten_tomatoes/rt-polarity.{pos,neg}`) and"
+    " `sst2/{train,dev}.tsv`"
+)
+RT_ORIGINAL_LINES = 5331
+"""Snippets in each of ``rt-polarity.pos`` and ``rt-polarity.neg`` (sentence polarity dataset v1.0)."""
+RT_ORIGINAL_SPLITS = {"train": (0, 4265), "validation": (4265, 4798), "test": (4798, RT_ORIGINAL_LINES)}
+"""Line ranges of each split in both original files: HF ``rotten_tomatoes``' 80/10/10 split, positives first."""
 _HOW_TO_PASS = (
     f"Pass the directory that holds them with `--data-dir PATH` (or the `data_dir` argument), or set the environment"
     f" variable `{DATA_DIR_ENV_VAR}=PATH`; with network, `--data-dir {HUB}` loads them from the Hugging Face hub"
@@ -128,6 +141,51 @@ def read_tsv(path: str | os.PathLike) -> list[tuple[str, int]]:
                 f"Expected an integer label on line {line_number} of `{path}` but got {label!r}."
             ) from None
         pairs.append((text.rstrip(" "), label_int))
+    return pairs
+
+
+def read_rt_polarity(folder: str | os.PathLike, split: str) -> list[tuple[str, int]]:
+    r"""One split of Rotten Tomatoes from the original ``rt-polarity.pos``/``.neg`` files, as HF builds it.
+
+    Each file is decoded as latin-1 (so byte ``0x85`` becomes U+0085, not a line break), split on ``"\n"`` only,
+    each line stripped; the split takes the lines :data:`RT_ORIGINAL_SPLITS` names from both files, positives
+    (label 1) first. The result equals the HF-identical ``<split>.tsv``.
+
+    Args:
+        folder: The folder holding ``rt-polarity.pos`` and ``rt-polarity.neg``.
+        split: One of ``"train"``, ``"validation"``, ``"test"``.
+
+    Raises:
+        ValueError: If ``split`` is not allowed, or a file does not have the release's 5,331 lines.
+        FileNotFoundError: If a file is missing.
+
+    Example:
+        >>> import tempfile
+        >>> tmp = Path(tempfile.mkdtemp())
+        >>> for name, word in (("pos", b"good"), ("neg", b"bad")):
+        ...     lines = b"".join(b"%s %d \x85\n" % (word, i) for i in range(5331))
+        ...     _ = (tmp / f"rt-polarity.{name}").write_bytes(lines)
+        >>> test = read_rt_polarity(tmp, "test")
+        >>> len(test), test[0], test[-1]
+        (1066, ('good 4798', 1), ('bad 5330', 0))
+    """
+    _check_split(split, list(RT_ORIGINAL_SPLITS))
+    start, stop = RT_ORIGINAL_SPLITS[split]
+    paths = {label: Path(folder) / f"rt-polarity.{name}" for name, label in (("pos", 1), ("neg", 0))}
+    for path in paths.values():
+        if not path.is_file():
+            raise FileNotFoundError(f"Expected the file `{path}` (sentence polarity dataset v1.0) but it is missing.")
+    pairs: list[tuple[str, int]] = []
+    for label, path in paths.items():
+        lines = path.read_bytes().decode("latin-1").split("\n")
+        if lines and lines[-1] == "":
+            lines.pop()
+        if len(lines) != RT_ORIGINAL_LINES:
+            raise ValueError(
+                f"Expected {RT_ORIGINAL_LINES} lines in `{path}` (sentence polarity dataset v1.0) but got {len(lines)}."
+                " Use the original `rt-polaritydata.tar.gz` files, or the HF-identical `{train,validation,test}.tsv`."
+            )
+        pairs.extend((line.strip(), label) for line in lines[start:stop])
     return pairs
 
 
@@ -245,7 +303,8 @@ def load_rotten_tomatoes(
         split: One of ``"train"``, ``"validation"``, ``"test"``.
 
     Returns:
-        The ``(text, label)`` pairs of ``<data_dir>/rotten_tomatoes/<split>.tsv``.
+        The ``(text, label)`` pairs of ``<data_dir>/rotten_tomatoes/<split>.tsv``, or, where that file is missing,
+        the same pairs derived from the original ``rt-polarity.{pos,neg}`` (see :func:`read_rt_polarity`).
 
     Raises:
         ValueError: If ``split`` is not one of the allowed values.
@@ -260,6 +319,11 @@ def load_rotten_tomatoes(
     _check_split(split, get_args(RottenTomatoesSplit))
     if is_hub(data_dir):
         return load_from_hub("rotten_tomatoes", split)
+    folder = resolve_data_dir(data_dir) / "rotten_tomatoes"
+    if not (folder / f"{split}.tsv").is_file():
+        for originals in (folder, folder / "rt-polaritydata"):
+            if (originals / "rt-polarity.pos").is_file() or (originals / "rt-polarity.neg").is_file():
+                return read_rt_polarity(originals, split)
     return read_tsv(_dataset_file(data_dir, "rotten_tomatoes", split))
 
 
