@@ -196,13 +196,35 @@ def _bare_flags(args: list[str], commands: dict[str, Any]) -> list[str]:
     return out
 
 
+_POSITIONAL = {"report": "path"}  # subcommand -> the option its first bare word stands for
+
+
+def _positional(args: list[str]) -> list[str]:
+    """Let ``report PATH`` stand for ``report --path PATH``.
+
+    Example:
+        >>> _positional(["report", "runs/grid", "--out", "r.html"])
+        ['report', '--path', 'runs/grid', '--out', 'r.html']
+        >>> _positional(["report", "--path", "runs/grid"])
+        ['report', '--path', 'runs/grid']
+    """
+    for i, a in enumerate(args):
+        if a.startswith("-"):
+            continue
+        option = _POSITIONAL.get(a)
+        if option and i + 1 < len(args) and not args[i + 1].startswith("-"):
+            return [*args[: i + 1], f"--{option}", *args[i + 1 :]]
+        return args
+    return args
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``lightning-inflect`` console script and of ``python -m lightning_inflect``."""
     from jsonargparse import CLI
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     commands = {f.__name__: f for f in (demo, source, transfer, grid, report)}
-    args = _bare_flags(_dashes_to_underscores(argv if argv is not None else sys.argv[1:]), commands)
+    args = _positional(_bare_flags(_dashes_to_underscores(argv if argv is not None else sys.argv[1:]), commands))
     CLI(list(commands.values()), args=args, as_positional=False)
 
 

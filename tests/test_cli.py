@@ -255,3 +255,11 @@ def torch_equal(a, b) -> bool:
     import torch
 
     return bool(torch.equal(a, b))
+
+
+def test_report_takes_its_folder_as_a_bare_word(tmp_path, capsys):
+    with pytest.raises(FileNotFoundError, match="holds neither"):  # parsed as --path: the report looked there
+        main(["report", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        main(["report", str(tmp_path), "extra"])
+    assert "extra" in capsys.readouterr().err

@@ -250,7 +250,10 @@ def test_grid_page(tmp_path, tiny_run):
     assert "under/inflection-lora/seed0/tb" in titles
     assert page.alts().count("heatmap of attn_entropy") == 1  # one representative run only
     assert "78.00 %" in text  # metrics.json of the representative run
-    assert "Grid wall time 1.5 min" in text
+    assert "Grid wall time 1.5 min" in text and "Partial" not in text
+    results = json.loads((grid / "results.json").read_text())
+    (grid / "results.json").write_text(json.dumps({**results, "complete": False, "cells_done": 3, "cells_total": 4}))
+    assert "Partial: 3 of 4 cells finished" in write_report(grid).read_text(encoding="utf-8")
 
 
 def test_representative_run_prefers_inflection_lora_seed0(tmp_path):

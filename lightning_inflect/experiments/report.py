@@ -797,6 +797,10 @@ def write_report(path: str | Path, out: str | Path | None = None, *, log_key_pre
         results = json.loads((root / "results.json").read_text())
         if isinstance(results.get("wall_seconds"), (int, float)):
             meta.append(f"Grid wall time {results['wall_seconds'] / 60:.1f} min")
+        if results.get("complete") is False:
+            meta.append(
+                f"Partial: {results.get('cells_done', '?')} of {results.get('cells_total', '?')} cells finished"
+            )
         title, sections = "lightning-inflect grid report", grid_sections(root, results, log_key_prefix)
     elif any(root.rglob(EVENT_GLOB)):
         title, sections = "lightning-inflect run report", _run_dir_sections(root, root, 2, log_key_prefix)
