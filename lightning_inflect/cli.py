@@ -223,6 +223,8 @@ def main(argv: list[str] | None = None) -> None:
     from jsonargparse import CLI
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    for handler in logging.getLogger().handlers:  # Lightning prints its own INFO lines: don't print them twice
+        handler.setLevel(logging.WARNING)
     commands = {f.__name__: f for f in (demo, source, transfer, grid, report)}
     args = _positional(_bare_flags(_dashes_to_underscores(argv if argv is not None else sys.argv[1:]), commands))
     CLI(list(commands.values()), args=args, as_positional=False)
