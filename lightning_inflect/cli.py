@@ -72,7 +72,7 @@ def source(
     cfg = _config(preset, data_dir=data_dir, model=model)
     path = train_source(cfg, regime, Path(out), progress=True)
     print(f"Source model ({regime}): {path}")  # noqa: T201
-    print((path.parent / "source.json").read_text())  # noqa: T201
+    print((path.parent / "metrics.json").read_text())  # noqa: T201
 
 
 def transfer(

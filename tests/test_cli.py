@@ -231,7 +231,11 @@ def test_source_then_transfer_commands(tmp_path, capsys):
     captured = capsys.readouterr()
     model_dir = study / "source" / "under" / "model"
     assert f"Source model (under): {model_dir}" in captured.out and "Epoch 0: 100%" in captured.out
-    info = json.loads((model_dir.parent / "source.json").read_text())
+    info = json.loads((model_dir.parent / "metrics.json").read_text())
+    config = json.loads((model_dir.parent / "config.json").read_text())
+    assert (config["regime"], config["source_train_size"], config["data_dir"]) == ("under", 64, str(DATA))
+    losses = _tb_scalars(model_dir.parent / "tb", "train_loss")
+    assert len(losses) == 4 // PRESETS["tiny"].monitor_every and all(0 < v < 5 for v in losses)
     assert (info["epochs"], info["steps"]) == (1, 4)  # 64 sentences in batches of 16
     assert 0.0 <= info["sst2_dev_acc"] <= 1.0
     args = ["transfer", "--strategy", "shallow", "--source-ckpt", str(model_dir), "--preset", "tiny"]
@@ -263,3 +267,12 @@ def test_report_takes_its_folder_as_a_bare_word(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["report", str(tmp_path), "extra"])
     assert "extra" in capsys.readouterr().err
+
+
+def _tb_scalars(folder: Path, tag: str) -> list[float]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (events,) = folder.glob("events.out.tfevents.*")
+    acc = EventAccumulator(str(events))
+    acc.Reload()
+    return [e.value for e in acc.Scalars(tag)]

@@ -224,7 +224,7 @@ def _load_model(name_or_path: str | None) -> tuple[Any, Any]:
 
 
 def _trainer(
-    cfg: ExperimentConfig, run_dir: Path, max_steps: int, callbacks: list, monitor: bool, progress: bool = False
+    cfg: ExperimentConfig, run_dir: Path, max_steps: int, callbacks: list, tensorboard: bool, progress: bool = False
 ) -> Any:
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import TQDMProgressBar
@@ -237,7 +237,7 @@ def _trainer(
         devices=1,
         max_steps=max_steps,
         callbacks=callbacks,
-        logger=TensorBoardLogger(str(run_dir), name="tb", version="") if monitor else False,
+        logger=TensorBoardLogger(str(run_dir), name="tb", version="") if tensorboard else False,
         enable_checkpointing=False,
         enable_progress_bar=progress,
         enable_model_summary=False,
@@ -276,16 +276,21 @@ def train_source(
 ) -> Path:
     """Fine-tune the model on SST-2 for the regime's epochs (UNDER 1, OVER 8); save it; skip if already saved.
 
-    ``progress`` shows Lightning's progress bar over the training steps.
+    ``OUT/source/REGIME/`` gets ``config.json``, TensorBoard logs (``tb/``: the training loss), the model
+    (``model/``) and, written last, ``metrics.json`` (steps, time, SST-2 dev accuracy): a folder without it is
+    trained again. ``progress`` shows Lightning's progress bar over the training steps.
     """
     import lightning.pytorch as pl
 
     from lightning_inflect.experiments.loaders import make_dataloader
     from lightning_inflect.experiments.module import SequenceClassificationModule
 
-    model_dir = out_dir / "source" / regime / "model"
-    if (model_dir / "config.json").is_file():
-        return model_dir
+    run_dir = out_dir / "source" / regime
+    model_dir = run_dir / "model"
+    if (model_dir / "config.json").is_file() and any((run_dir / f).is_file() for f in ("metrics.json", "source.json")):
+        return model_dir  # source.json: what earlier versions wrote instead of metrics.json
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps({**asdict(cfg), "regime": regime}, indent=2))
     data = data or load_study_data(cfg)
     pl.seed_everything(0, verbose=False)
     model, tokenizer = _load_model(cfg.model)
@@ -295,13 +300,13 @@ def train_source(
         model, lr=cfg.source_lr, num_training_steps=steps, warmup_steps=int(cfg.warmup_ratio * steps)
     )
     start = time.perf_counter()
-    _trainer(cfg, out_dir / "source" / regime, steps, [], monitor=False, progress=progress).fit(module, loader)
+    _trainer(cfg, run_dir, steps, [], tensorboard=True, progress=progress).fit(module, loader)
     model_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(model_dir))
     tokenizer.save_pretrained(str(model_dir))
     info = {"regime": regime, "epochs": REGIME_EPOCHS[regime], "steps": steps, "seconds": time.perf_counter() - start}
     info["sst2_dev_acc"] = evaluate(model, tokenizer, load_sst2(cfg.data_dir, "dev"), cfg)
-    (model_dir.parent / "source.json").write_text(json.dumps(info, indent=2))
+    (run_dir / "metrics.json").write_text(json.dumps(info, indent=2))
     return model_dir
 
 
@@ -342,7 +347,7 @@ def diagnose(cfg: ExperimentConfig, strategy: str, seed: int, source_dir: Path, 
         fallback_selector=TopK(k=cfg.k),
     )
     cbs = [AttentionEntropyMonitor(every_n_steps=1), GradientNormMonitor(every_n_steps=1), inj]
-    _trainer(cfg, run_dir / "diagnose", cfg.diagnose_steps + 1, cbs, monitor=True).fit(module, loader)
+    _trainer(cfg, run_dir / "diagnose", cfg.diagnose_steps + 1, cbs, tensorboard=True).fit(module, loader)
     return inj.record.layers, inj.record.reason, inj.record.scores
 
 
@@ -413,7 +418,7 @@ def run_transfer(
     module = SequenceClassificationModule(
         model, lr=cfg.lr, num_training_steps=steps, warmup_steps=int(cfg.warmup_ratio * steps)
     )
-    _trainer(cfg, run_dir, steps, callbacks, monitor=bool(cfg.monitor_every), progress=progress).fit(module, loader)
+    _trainer(cfg, run_dir, steps, callbacks, tensorboard=bool(cfg.monitor_every), progress=progress).fit(module, loader)
     train_seconds = time.perf_counter() - start
     weights = None
     if cfg.save_weights:
