@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import logging
 import sys
 from pathlib import Path
 from typing import Any, Literal
@@ -222,9 +221,6 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``lightning-inflect`` console script and of ``python -m lightning_inflect``."""
     from jsonargparse import CLI
 
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    for handler in logging.getLogger().handlers:  # Lightning prints its own INFO lines: don't print them twice
-        handler.setLevel(logging.WARNING)
     commands = {f.__name__: f for f in (demo, source, transfer, grid, report)}
     args = _positional(_bare_flags(_dashes_to_underscores(argv if argv is not None else sys.argv[1:]), commands))
     CLI(list(commands.values()), args=args, as_positional=False)
