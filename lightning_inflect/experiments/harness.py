@@ -460,6 +460,16 @@ def _test_accuracies(model: Any, tokenizer: Any, data: StudyData, cfg: Experimen
 
 
 # ---------------------------------------------------------------------------------------------------------- grid
+def _cell_dir(out: Path, regime: str, strategy: str, seed: int) -> Path:
+    return out / regime / strategy / f"seed{seed}"
+
+
+def _finished(out: Path, regime: str, strategy: str, seed: int) -> dict[str, Any] | None:
+    """A cell's ``metrics.json`` with its regime added, or None while the cell is not finished."""
+    done = _cell_dir(out, regime, strategy, seed) / "metrics.json"
+    return {**json.loads(done.read_text()), "regime": regime} if done.is_file() else None
+
+
 def run_grid(
     cfg: ExperimentConfig, out_dir: str | Path, progress: bool = True, collect_only: bool = False
 ) -> list[dict[str, Any]]:
@@ -476,11 +486,7 @@ def run_grid(
     out.mkdir(parents=True, exist_ok=True)
     cells = [(r, s, seed) for r in cfg.regimes for s in cfg.strategies for seed in cfg.seeds]
     if collect_only:
-        results = []
-        for regime, strategy, seed in cells:
-            done = out / regime / strategy / f"seed{seed}" / "metrics.json"
-            if done.is_file():
-                results.append({**json.loads(done.read_text()), "regime": regime})
+        results = [m for cell in cells if (m := _finished(out, *cell)) is not None]
         if not results:
             raise FileNotFoundError(
                 f"No finished cell (REGIME/STRATEGY/seedN/metrics.json) under {str(out)!r} for regimes "
@@ -499,14 +505,11 @@ def run_grid(
 
         bar = tqdm(total=len(cells), desc="grid", unit="run")
     for i, (regime, strategy, seed) in enumerate(cells, 1):
-        run_dir = out / regime / strategy / f"seed{seed}"
-        done = run_dir / "metrics.json"
-        if done.is_file():
-            metrics = json.loads(done.read_text())
-        else:
+        metrics = _finished(out, regime, strategy, seed)
+        if metrics is None:
             source_dir = train_source(cfg, regime, out, data, progress=progress)  # a bar: OVER takes long
-            metrics = run_transfer(cfg, strategy, seed, source_dir, run_dir, data)
-        metrics["regime"] = regime
+            run_dir = _cell_dir(out, regime, strategy, seed)
+            metrics = {**run_transfer(cfg, strategy, seed, source_dir, run_dir, data), "regime": regime}
         results.append(metrics)
         if bar is not None:
             bar.set_postfix_str(f"{regime} {strategy} seed {seed}: acc {metrics['test_acc']:.3f}")
