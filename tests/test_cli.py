@@ -223,6 +223,7 @@ def test_boolean_options_work_as_bare_flags(flag, expected, capsys):
 
 def test_source_then_transfer_commands(tmp_path, capsys):
     """`source` saves a model, `transfer` fine-tunes it with one strategy; both show a progress bar."""
+    import torch
     from transformers import AutoModelForSequenceClassification
 
     _need_data()
@@ -252,13 +253,7 @@ def test_source_then_transfer_commands(tmp_path, capsys):
     assert metrics["trainable_params"] == expected and metrics["layers"] == [4, 5]
     tuned = AutoModelForSequenceClassification.from_pretrained(run / "model")
     for (name, before), after in zip(source.state_dict().items(), tuned.state_dict().values()):
-        assert torch_equal(before, after) != name.startswith(shallow), name  # only the shallow part changed
-
-
-def torch_equal(a, b) -> bool:
-    import torch
-
-    return bool(torch.equal(a, b))
+        assert torch.equal(before, after) != name.startswith(shallow), name  # only the shallow part changed
 
 
 def test_report_takes_its_folder_as_a_bare_word(tmp_path, capsys):
