@@ -45,6 +45,52 @@ def tiny_model(model_type: str = "bert", attn: str = "sdpa", head: str = "seq_cl
     return cls.from_config(cfg, attn_implementation=attn)
 
 
+NO_INTERFACE = {
+    # DeBERTa-v3 style: relative attention with both position terms, log buckets, shared keys, normalised embeddings
+    "deberta-v2": dict(
+        hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64, vocab_size=VOCAB,
+        max_position_embeddings=32, relative_attention=True, pos_att_type=["p2c", "c2p"], position_buckets=4,
+        max_relative_positions=8, share_att_key=True, norm_rel_ebd="layer_norm", position_biased_input=False,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, pooler_dropout=0.0,
+    ),
+    "deberta": dict(
+        hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64, vocab_size=VOCAB,
+        max_position_embeddings=32, relative_attention=True, pos_att_type=["p2c", "c2p"], max_relative_positions=8,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, pooler_dropout=0.0,
+    ),
+    "mpnet": dict(
+        hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64, vocab_size=VOCAB,
+        max_position_embeddings=40, hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    ),
+    # global, local (sliding window of 3), global
+    "gpt_neo": dict(
+        hidden_size=32, num_layers=3, num_heads=4, intermediate_size=64, vocab_size=VOCAB, max_position_embeddings=32,
+        attention_types=[[["global", "local"], 1], [["global"], 1]], window_size=3, embed_dropout=0.0,
+        attention_dropout=0.0, resid_dropout=0.0, classifier_dropout=0.0, bos_token_id=0, eos_token_id=0,
+        pad_token_id=0,
+    ),
+    "bloom": dict(hidden_size=32, n_layer=3, n_head=4, vocab_size=VOCAB, hidden_dropout=0.0, attention_dropout=0.0,
+                  bos_token_id=0, eos_token_id=0, pad_token_id=0),
+    # rotary and multi-query by default; `alibi=True` and `new_decoder_architecture=True` as overrides
+    "falcon": dict(
+        hidden_size=32, num_hidden_layers=3, num_attention_heads=4, vocab_size=VOCAB, max_position_embeddings=32,
+        new_decoder_architecture=False, hidden_dropout=0.0, attention_dropout=0.0, bos_token_id=0, eos_token_id=0,
+        pad_token_id=0,
+    ),
+}  # fmt: skip
+
+
+def tiny_no_interface(model_type: str, attn: str | None = None, head: str = "seq_cls", seed: int = 0, **overrides):
+    """Like conftest's ``tiny_model``, for :data:`NO_INTERFACE`; ``attn=None`` keeps the model's default."""
+    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
+
+    torch.manual_seed(seed)
+    cfg = AutoConfig.for_model(model_type, **{**NO_INTERFACE[model_type], **overrides}, num_labels=2)
+    cls = AutoModelForSequenceClassification if head == "seq_cls" else AutoModel
+    return cls.from_config(cfg) if attn is None else cls.from_config(cfg, attn_implementation=attn)
+
+
 NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "classifier_dropout": 0.0}
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import NO_INTERFACE, tiny_model, tiny_no_interface
 from torch import nn
 
 from lightning_inflect.adapters import (
@@ -41,6 +41,51 @@ def test_table_finds_blocks_attention_and_projections(model_type, head, path, at
     assert proj == query and all(isinstance(getattr(a, proj), nn.Module) for a in attn)
     for target in layout.lora_targets + layout.mlp_targets:
         assert info.blocks[0].get_submodule(_full(info.blocks[0], target)) is not None
+
+
+# Tiny, dropout-free configs of models whose attention does not go through transformers' attention interface
+# (shared with tests/test_capture_probs.py).
+NO_INTERFACE_CASES = [
+    # model_type, head, expected path, attention class, query (or fused qkv) attribute
+    ("deberta-v2", "seq_cls", "deberta.encoder.layer", "DisentangledSelfAttention", "query_proj"),
+    ("deberta-v2", "base", "encoder.layer", "DisentangledSelfAttention", "query_proj"),
+    ("deberta", "seq_cls", "deberta.encoder.layer", "DisentangledSelfAttention", "in_proj"),
+    ("mpnet", "seq_cls", "mpnet.encoder.layer", "MPNetSelfAttention", "q"),
+    ("gpt_neo", "seq_cls", "transformer.h", "GPTNeoSelfAttention", "q_proj"),
+    ("gpt_neo", "base", "h", "GPTNeoSelfAttention", "q_proj"),
+    ("bloom", "seq_cls", "transformer.h", "BloomAttention", "query_key_value"),
+    ("falcon", "seq_cls", "transformer.h", "FalconAttention", "query_key_value"),
+    ("falcon", "base", "h", "FalconAttention", "query_key_value"),
+]
+
+
+@pytest.mark.parametrize(("model_type", "head", "path", "attn_cls", "query"), NO_INTERFACE_CASES)
+def test_table_rows_for_models_without_attention_interface(model_type, head, path, attn_cls, query):
+    model = tiny_no_interface(model_type, head=head)
+    info = find_layers(model)
+    assert (info.source, info.path) == ("table", path)
+    assert info.num_layers == model.config.num_hidden_layers == 3
+    assert info.blocks is model.get_submodule(path)
+    attn = find_attention_modules(info)
+    assert [type(a).__name__ for a in attn] == [attn_cls] * 3
+    layout = MODEL_LAYOUTS[model_type]
+    assert (layout.query or layout.qkv) == query
+    for name in (layout.query, layout.key, layout.value, layout.qkv):
+        assert name is None or all(isinstance(getattr(a, name), nn.Linear) for a in attn)
+    for target in layout.lora_targets + layout.mlp_targets:
+        assert isinstance(info.blocks[0].get_submodule(_full(info.blocks[0], target)), nn.Linear)
+    for target in layout.lora_targets:  # the attention targets are projections of the attention module
+        assert isinstance(attn[0].get_submodule(target), nn.Linear)
+
+
+@pytest.mark.parametrize("model_type", sorted(NO_INTERFACE))
+def test_structural_fallback_finds_the_same_modules_without_a_row(model_type, monkeypatch):
+    model = tiny_no_interface(model_type)
+    expected = find_attention_modules(find_layers(model))
+    monkeypatch.delitem(MODEL_LAYOUTS, model_type)
+    info = find_layers(model)
+    assert info.source == "structural" and info.layout is None
+    assert all(a is b for a, b in zip(find_attention_modules(info), expected, strict=True))
 
 
 def _full(block: nn.Module, leaf: str) -> str:

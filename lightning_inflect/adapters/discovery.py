@@ -19,7 +19,21 @@ __all__ = [
     "find_layers",
 ]
 
-_QUERY_NAMES = ("query", "q_proj", "q_lin", "c_attn", "query_key_value", "qkv", "Wqkv")
+# Names of a query (or fused query/key/value) projection, for the structural fallback of find_attention_modules:
+# BERT, Llama, DistilBERT, GPT-2, GPT-NeoX/BLOOM/Falcon, ViT-likes, MosaicML, Phi-3, DeBERTa-v2/v3, DeBERTa, MPNet/T5.
+_QUERY_NAMES = (
+    "query",
+    "q_proj",
+    "q_lin",
+    "c_attn",
+    "query_key_value",
+    "qkv",
+    "Wqkv",
+    "qkv_proj",
+    "query_proj",
+    "in_proj",
+    "q",
+)
 
 
 class LayerDiscoveryError(LookupError):
@@ -54,6 +68,10 @@ def _get(root: nn.Module, path: str) -> nn.Module | None:
         if mod is None:
             return None
     return mod if isinstance(mod, nn.Module) else None
+
+
+def _owns(mod: nn.Module, name: str) -> bool:
+    return isinstance(getattr(mod, name, None), nn.Module)
 
 
 def _prefix_of(model: nn.Module, sub: nn.Module) -> str | None:
@@ -132,7 +150,8 @@ def find_layers(model: nn.Module, layers_path: str | None = None) -> LayerInfo:
 
 def find_attention_modules(info: LayerInfo) -> list[nn.Module]:
     """The self-attention module of each block: the table's path, else the innermost submodule that owns a
-    query (or fused qkv) projection.
+    query (or fused qkv) projection module named one of ``query``, ``q_proj``, ``q_lin``, ``c_attn``,
+    ``query_key_value``, ``qkv``, ``Wqkv``, ``qkv_proj``, ``query_proj``, ``in_proj`` or ``q``.
 
     Example:
         >>> from transformers import GPT2Config, GPT2Model
@@ -144,7 +163,7 @@ def find_attention_modules(info: LayerInfo) -> list[nn.Module]:
     for i, block in enumerate(info.blocks):
         mod = _get(block, info.layout.attention) if info.layout is not None else None
         if mod is None:
-            owners = [m for _, m in block.named_modules() if any(hasattr(m, q) for q in _QUERY_NAMES)]
+            owners = [m for _, m in block.named_modules() if any(_owns(m, q) for q in _QUERY_NAMES)]
             mod = owners[-1] if owners else None
         if mod is None:
             raise LayerDiscoveryError(
