@@ -29,12 +29,14 @@ def heatmap_image(values: Tensor, cell: int = 8, max_width: int = 1024) -> Tenso
     """
     if values.dim() != 2:
         raise ValueError(f"Expected `values` of shape (layers, steps) but got {tuple(values.shape)}.")
-    v = values.detach().float().cpu()
+    v = values.detach().float()
+    v = v if v.device.type == "cpu" else v.cpu()
     if v.shape[1] > max_width:
         v = v[:, -max_width:]
     finite = torch.isfinite(v)
-    lo = v[finite].min() if finite.any() else torch.tensor(0.0)
-    hi = v[finite].max() if finite.any() else torch.tensor(1.0)
+    any_finite = finite.any()
+    lo = torch.where(any_finite, torch.where(finite, v, torch.inf).amin(), 0.0)
+    hi = torch.where(any_finite, torch.where(finite, v, -torch.inf).amax(), 1.0)
     t = ((v - lo) / (hi - lo).clamp_min(1e-12)).clamp(0, 1).nan_to_num(0.0)
     pos = t * (len(_ANCHORS) - 1)
     i0 = pos.floor().long().clamp(max=len(_ANCHORS) - 2)

@@ -10,6 +10,7 @@ over the trainable parameters :math:`\\mathcal{P}_l` of block ``l``, and per exa
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -31,8 +32,8 @@ def per_example_norm(t: Tensor) -> Tensor:
 def grouped_grad_norms(groups: Sequence[Sequence[Tensor]], device: torch.device | None = None) -> Tensor:
     """L2 norm of the concatenation of each group's tensors, computed on device.
 
-    One ``_foreach_norm`` call over all tensors and one scatter-add; no host synchronisation, so a caller can move
-    all groups' norms to the host in a single transfer.
+    One ``_foreach_norm`` call over all tensors and one scatter-add; no host synchronisation (the group index is
+    built once per layout and device and cached), so a caller can move all groups' norms to the host in one transfer.
 
     Args:
         groups: one sequence of gradient tensors per group (block); an empty group gives 0.
@@ -46,11 +47,17 @@ def grouped_grad_norms(groups: Sequence[Sequence[Tensor]], device: torch.device 
         tensor([5., 0., 1.])
     """
     flat = [g for grp in groups for g in grp]
-    index = [i for i, grp in enumerate(groups) for _ in grp]
     if not flat:
         return torch.zeros(len(groups), device=device)
     dtype = torch.float64 if any(g.dtype == torch.float64 for g in flat) else torch.float32
     norms = torch.stack([n.to(dtype) for n in torch._foreach_norm([g.detach() for g in flat])])
     out = torch.zeros(len(groups), dtype=dtype, device=norms.device)
-    out.index_add_(0, torch.tensor(index, device=norms.device), norms.square())
+    out.index_add_(0, _group_index(tuple(len(grp) for grp in groups), norms.device), norms.square())
     return out.sqrt()
+
+
+@functools.lru_cache(maxsize=16)
+def _group_index(sizes: tuple[int, ...], device: torch.device) -> Tensor:
+    """Group id of each flattened tensor, built once per layout and device (no host-to-device copy per call)."""
+    repeats = torch.tensor(sizes, device=device)
+    return torch.repeat_interleave(torch.arange(len(sizes), device=device), repeats, output_size=sum(sizes))
