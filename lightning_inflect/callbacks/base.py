@@ -14,6 +14,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_inflect.adapters import check_layer_indices
 from lightning_inflect.callbacks.session import ProbeSession
+from lightning_inflect.capture import ProbeRequest
 from lightning_inflect.functional import heatmap_image
 
 __all__ = ["OVERHEAD_KEY", "layer_key"]
@@ -97,15 +98,22 @@ class _InflectMonitor(Callback):
         self.probe_batches = len(probe) if probe is not None else probe_batches
         self.probe_inputs = probe_inputs
         self.layers: list[int] = []
-        self.history: dict[str, dict[str, list]] = {m: {"steps": [], "values": []} for m in self.metrics}
         self._session: ProbeSession | None = None
         self._warned: set[str] = set()
+        self._reset_fit_state()
+
+    def _reset_fit_state(self) -> None:
+        """Forget everything of a previous fit (called in ``setup``; a resumed fit then loads its state)."""
+        self.history: dict[str, dict[str, list]] = {m: {"steps": [], "values": []} for m in self.metrics}
         self._last_probe_step: int | None = None
         self._heatmap_at: dict[str, int] = {}  # metric -> number of logs when its heatmap was last written
 
     # ---------------------------------------------------------------------------------------------- identity
     def _identity(self) -> dict[str, Any]:
-        return {"every_n_steps": self.every_n_steps, "layers": self.layers_arg}
+        identity: dict[str, Any] = {"every_n_steps": self.every_n_steps, "layers": self.layers_arg}
+        if self.log_key_prefix != "inflect":  # the default key stays as in version 0.1
+            identity["log_key_prefix"] = self.log_key_prefix
+        return identity
 
     @property
     def state_key(self) -> str:
@@ -121,14 +129,16 @@ class _InflectMonitor(Callback):
     def due(self, step: int) -> bool:
         return step % self.every_n_steps == 0
 
-    def probe_needs(self) -> tuple[Sequence[int], Sequence[int]]:
-        """(blocks whose attention entropy, blocks whose pooled outputs) this monitor needs from the probe."""
-        return (), ()
+    def probe_requests(self) -> list[ProbeRequest]:
+        """What this monitor needs from the shared probe forward on its logging steps (its own answer is read with
+        ``result.answer(request)``). Valid after ``setup``."""
+        return []
 
     # ---------------------------------------------------------------------------------------------- lifecycle
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        self._reset_fit_state()
         self._session = ProbeSession.attach(trainer, pl_module, self)
         self.layers = check_layer_indices(self.layers_arg, self._session.info.num_layers)
         if not trainer.loggers:
@@ -160,10 +170,13 @@ class _InflectMonitor(Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, idx):
         session = self._require_session()
         if session.members and session.members[0] is self:
+            session.flush(before_step=trainer.global_step)  # the optimizer step is done: one transfer for its values
             for step, seconds in sorted(session.pop_overhead(trainer.global_step).items()):
                 self._log(trainer, {f"{self.log_key_prefix}/{OVERHEAD_KEY}": seconds * 1000.0}, step)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._session is not None:
+            self._session.flush()
         # Always leave a heatmap of the whole run, whatever heatmap_every_n_logs and the run length were.
         if not self.heatmap_every_n_logs or not trainer.is_global_zero:
             return
@@ -254,7 +267,19 @@ class _InflectMonitor(Callback):
             w.add_custom_scalars(layout)
 
     # -------------------------------------------------------------------------------------------------- state
+    def _emit(
+        self, trainer: pl.Trainer, step: int, values: torch.Tensor, record: Callable[[list[float]], dict[str, float]]
+    ) -> None:
+        """Queue on-device ``values`` for the step's one host transfer; ``record`` turns them into logged keys."""
+
+        def then(host: list[float]) -> None:
+            self._log(trainer, record(host), step)
+
+        self._require_session().defer(step, values, then)
+
     def state_dict(self) -> dict[str, Any]:
+        if self._session is not None:
+            self._session.flush()  # values still on the device belong in the checkpoint's history
         state: dict[str, Any] = {"history": self.history, "last_probe_step": self._last_probe_step}
         if self.uses_probe and self._session is not None:
             state["probe"] = self._session.probe_state()

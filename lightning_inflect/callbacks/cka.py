@@ -11,6 +11,7 @@ from torch import Tensor
 
 from lightning_inflect.callbacks.base import _check_choice, _check_positive_int, _InflectMonitor
 from lightning_inflect.callbacks.session import ProbeSession
+from lightning_inflect.capture import PooledRequest, ProbeRequest
 from lightning_inflect.functional import pca_basis, shared_pca_cka
 
 __all__ = ["CKADriftMonitor"]
@@ -25,9 +26,13 @@ class CKADriftMonitor(_InflectMonitor):
 
     where :math:`R_l` are the per-example pooled outputs of block ``l`` on the probe batches, :math:`P` projects them
     on a shared PCA basis with ``pca_components`` components, and CKA is linear CKA with HSIC terms summed over probe
-    batches in float64 (minibatch CKA). The reference is the first probe of the fit (step 0 unless
+    batches in float64 (minibatch CKA). The reference is the first probe of each fit (step 0 unless
     ``probe_batches > 1``); it is saved in checkpoints, so a resumed run keeps measuring against the same point.
     Call :meth:`reset_reference` to take a new one at the next logging step. This is the paper's Delta-CKA.
+
+    All blocks are computed at once on the model's device (one batched SVD for the basis, batched HSIC terms); the
+    values reach the host in the session's one transfer per logging step. On CUDA the SVD synchronises once when a
+    basis is fitted: at the reference step with ``basis="reference"``, at every logging step with ``"joint"``.
 
     Logged keys (``inflect`` is ``log_key_prefix``, ``LL`` the block):
 
@@ -84,55 +89,63 @@ class CKADriftMonitor(_InflectMonitor):
         self.basis = basis
         self.pooling = pooling
         self.unbiased = unbiased
-        self.reference: dict[int, list[Tensor]] = {}
+        self.reference: list[Tensor] = []  # per probe batch: (layers, n_b, hidden), on the model's device
         self.reference_step: int | None = None
-        self._basis_cache: dict[int, tuple[Tensor, Tensor]] = {}
+        self._basis: tuple[Tensor, Tensor] | None = None
 
     def _identity(self) -> dict[str, Any]:
-        return {**super()._identity(), "pca_components": self.pca_components, "basis": self.basis}
+        identity = {**super()._identity(), "pca_components": self.pca_components, "basis": self.basis}
+        if self.pooling != "mean":  # the default key stays as in version 0.1
+            identity["pooling"] = self.pooling
+        return identity
 
-    def same_probe(self, other: _InflectMonitor) -> bool:
-        return super().same_probe(other) and getattr(other, "pooling", self.pooling) == self.pooling
-
-    def probe_needs(self) -> tuple[Sequence[int], Sequence[int]]:
-        return (), self.layers
+    def probe_requests(self) -> list[ProbeRequest]:
+        return [PooledRequest(tuple(self.layers), self.pooling)]
 
     def reset_reference(self) -> None:
         """Take a new reference at the next logging step (for instance right after an injection)."""
-        self.reference = {}
+        self.reference = []
         self.reference_step = None
-        self._basis_cache = {}
+        self._basis = None
+
+    def _reset_fit_state(self) -> None:
+        super()._reset_fit_state()
+        self.reset_reference()
 
     def on_probe(self, trainer: pl.Trainer, session: ProbeSession, step: int) -> None:
-        result = session.probe(step, trainer)
+        now = session.probe(step, trainer).answer(self.probe_requests()[0])  # per batch: (layers, n_b, hidden)
+        assert isinstance(now, list)
         if not self.reference:
-            self.reference = {layer: result.pooled[layer] for layer in self.layers}
+            self.reference = now
             self.reference_step = step
-            self._basis_cache = {}
-        values = []
-        for layer in self.layers:
-            ref, now = self.reference[layer], result.pooled[layer]
-            n = min(r.shape[0] for r in ref)
-            unbiased = self.unbiased and n >= 4
-            if self.unbiased and not unbiased:
-                self._warn_once("small_probe", "A probe batch has fewer than 4 examples; using the biased HSIC.")
-            basis = None
-            if self.basis == "reference":
-                if layer not in self._basis_cache:
-                    self._basis_cache[layer] = pca_basis(torch.cat(ref), self.pca_components)
-                basis = self._basis_cache[layer]
-            cka = shared_pca_cka(ref, now, self.pca_components, self.basis, unbiased, reference_basis=basis)
-            values.append(1.0 - cka)
-        self._log(trainer, self._record(trainer, "cka_drift", step, torch.stack(values).tolist()), step)
+        elif self.reference[0].device != now[0].device:  # restored from a checkpoint (CPU)
+            self.reference = [r.to(now[0].device) for r in self.reference]
+            self._basis = None
+        unbiased = self.unbiased and min(r.shape[-2] for r in self.reference) >= 4
+        if self.unbiased and not unbiased:
+            self._warn_once("small_probe", "A probe batch has fewer than 4 examples; using the biased HSIC.")
+        if self.basis == "reference" and self._basis is None:
+            self._basis = pca_basis(torch.cat(self.reference, -2), self.pca_components)  # all blocks at once
+        cka = shared_pca_cka(self.reference, now, self.pca_components, self.basis, unbiased, self._basis)
+        self._emit(trainer, step, 1.0 - cka, lambda host: self._record(trainer, "cka_drift", step, host))
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
-        state["reference"] = {layer: [t.clone() for t in ts] for layer, ts in self.reference.items()}
+        state["reference"] = [t.detach().cpu() for t in self.reference]
         state["reference_step"] = self.reference_step
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
-        self.reference = {int(k): list(v) for k, v in state_dict.get("reference", {}).items()}
+        ref = state_dict.get("reference", [])
+        if not isinstance(ref, list):  # a checkpoint of version 0.1 (block -> CPU tensors): take a new reference
+            self._warn_once(
+                "old_reference",
+                "CKADriftMonitor: the checkpoint holds a reference in the format of version 0.1; a new reference is "
+                "taken at the next logging step.",
+            )
+            self.reset_reference()
+            return
+        self.reference = list(ref)
         self.reference_step = state_dict.get("reference_step")
-        self._basis_cache = {}
+        self._basis = None

@@ -10,6 +10,8 @@ import torch
 
 from lightning_inflect.callbacks.base import _check_choice, _InflectMonitor, layer_key
 from lightning_inflect.callbacks.session import ProbeSession
+from lightning_inflect.capture import EntropyRequest, ProbeRequest
+from lightning_inflect.functional import EntropySums
 
 __all__ = ["AttentionEntropyMonitor"]
 
@@ -89,36 +91,46 @@ class AttentionEntropyMonitor(_InflectMonitor):
         self.per_head = per_head
         self.reduction = reduction
 
-    def probe_needs(self) -> tuple[Sequence[int], Sequence[int]]:
-        return self.layers, ()
+    def _identity(self) -> dict[str, Any]:
+        identity = super()._identity()
+        if self.reduction != "token":  # the default key stays as in version 0.1
+            identity["reduction"] = self.reduction
+        return identity
+
+    def probe_requests(self) -> list[ProbeRequest]:
+        return [EntropyRequest(tuple(self.layers), self.reduction)]
 
     def on_probe(self, trainer: pl.Trainer, session: ProbeSession, step: int) -> None:
         result = session.probe(step, trainer)
-        missing = [layer for layer in self.layers if layer not in result.entropy]
+        missing = [layer for layer in self.layers if layer in result.missing]
         if missing:
             impl = getattr(session.hf_model.config, "_attn_implementation", None)
             raise RuntimeError(
-                f"No attention call of blocks {missing} was seen during the probe forward: "
-                f"{type(session.hf_model).__name__} (attn_implementation={impl!r}) does not compute attention "
-                "through transformers' AttentionInterface, so its attention entropy cannot be measured exactly. "
-                "Remove AttentionEntropyMonitor for this model, or restrict it with `layers=`."
+                f"No attention of blocks {missing} was seen during the probe forward of "
+                f"{type(session.hf_model).__name__} (attn_implementation={impl!r}), neither through transformers' "
+                "AttentionInterface nor as probabilities with `output_attentions=True`, so its attention entropy "
+                "cannot be measured. Remove AttentionEntropyMonitor for this model, restrict it with `layers=`, or "
+                "pass `layers_path=` if the blocks found are not the transformer blocks."
             )
-        sums = [result.entropy[layer] for layer in self.layers]
-        per_head = torch.stack([s.mean() for s in sums])  # (layers, heads), one host transfer below
-        count = torch.stack([s.count for s in sums])
-        mean = (per_head * count).sum(1) / count.sum(1)
-        rows = [mean]
+        sums = result.answer(self.probe_requests()[0])
+        assert isinstance(sums, EntropySums)
+        count = sums.count  # (layers, heads)
+        rows = [(sums.entropy.sum(1) / count.sum(1))]
         if self.normalized:
-            rows.append((torch.stack([s.normalized_mean() for s in sums]) * count).sum(1) / count.sum(1))
-        host = torch.cat([r.flatten() for r in rows] + ([per_head.flatten()] if self.per_head else [])).tolist()
+            rows.append(sums.normalized.sum(1) / count.sum(1))
+        if self.per_head:
+            rows.append(sums.mean().flatten())
+        heads = count.shape[1]
+        self._emit(trainer, step, torch.cat(rows), lambda host: self._record_host(trainer, step, host, heads))
+
+    def _record_host(self, trainer: pl.Trainer, step: int, host: list[float], heads: int) -> dict[str, float]:
         n = len(self.layers)
         metrics = self._record(trainer, "attn_entropy", step, host[:n])
         if self.normalized:
             metrics.update(self._record(trainer, "attn_entropy_normalized", step, host[n : 2 * n]))
         if self.per_head:
-            heads = per_head.shape[1]
             flat = host[-n * heads :]
             for i, layer in enumerate(self.layers):
                 for h in range(heads):
                     metrics[layer_key(self.log_key_prefix, "attn_entropy", layer, h)] = flat[i * heads + h]
-        self._log(trainer, metrics, step)
+        return metrics

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -10,7 +11,7 @@ import torch
 from torch.optim import Optimizer
 
 from lightning_inflect.callbacks.base import _InflectMonitor
-from lightning_inflect.capture import ActivationGradCapture
+from lightning_inflect.capture import ActivationGradCapture, mean_norms
 from lightning_inflect.functional import grouped_grad_norms
 
 __all__ = ["GradientNormMonitor"]
@@ -29,7 +30,8 @@ class GradientNormMonitor(_InflectMonitor):
     * Parameter gradient: :math:`\sqrt{\sum \lVert \nabla_p L \rVert^2}` over block ``l``'s trainable parameters
       (LoRA ones included once injected), read in ``on_before_optimizer_step``: accumulated, unscaled, not clipped.
 
-    All norms of a step reach the host in one transfer. Non-finite values are logged as they are, with one warning.
+    All norms of a step stay on the device and reach the host in the session's one transfer per logging step.
+    Non-finite values are logged as they are, with one warning.
 
     Logged keys (``inflect`` is ``log_key_prefix``, ``LL`` the block):
 
@@ -95,22 +97,14 @@ class GradientNormMonitor(_InflectMonitor):
         session = self._require_session()
         with session.timed(step):
             parts: list[torch.Tensor] = []
-            unmeasured: list[int] = []
+            counts = [0] * len(self.layers)
             scale = self._loss_scale(trainer)
             if self._capture is not None and self._capture_step == step:
                 self._capture.disarm()
                 session.add_overhead(step, self._capture.seconds)
-                means, _ = self._capture.read()
-                nan = torch.tensor(float("nan"), device=session.device)
-                parts.append(torch.stack([means.get(layer, nan).float() for layer in self.layers]) / scale)
-                unmeasured = [layer for layer in self.layers if layer not in means]
-                if unmeasured:
-                    self._warn_once(
-                        "no_act_grad",
-                        f"GradientNormMonitor: no gradient reached the outputs of blocks {unmeasured} at step {step}: "
-                        "nothing at or below them is trainable (for instance after freezing the backbone), so "
-                        "autograd never computes it. `act_grad_norm` is logged as NaN there.",
-                    )
+                sums, counts = self._capture.read()
+                if sums is not None:
+                    parts.append(sums.float() / scale)
             if "parameter" in self.norms:
                 blocks = session.info.blocks
                 groups = [
@@ -118,23 +112,46 @@ class GradientNormMonitor(_InflectMonitor):
                     for layer in self.layers
                 ]
                 param = grouped_grad_norms(groups, device=session.device).float()
-                if scale != 1.0 and getattr(optimizer, "_step_supports_amp_scaling", False):
+                if getattr(optimizer, "_step_supports_amp_scaling", False):
                     param = param / scale  # fused optimizers unscale inside step()
-                parts.append(param.to(session.device))
-            host = torch.cat([p.to(session.device) for p in parts]).tolist()  # the one device->host transfer
-            n = len(self.layers)
-            metrics: dict[str, float] = {}
-            for i, metric in enumerate(self.metrics):
-                skip = unmeasured if metric == "act_grad_norm" else ()
-                metrics.update(self._record(trainer, metric, step, host[i * n : (i + 1) * n], skip))
-            self._log(trainer, metrics, step)
+                parts.append(param)
+            has_act = any(counts)  # otherwise no gradient reached any monitored block: no activation row
+            if parts:
+                values = torch.cat(parts)
+                self._emit(trainer, step, values, lambda host: self._record_host(trainer, step, host, counts, has_act))
+            else:
+                self._log(trainer, self._record_host(trainer, step, [], counts, has_act), step)
+
+    def _record_host(
+        self, trainer: pl.Trainer, step: int, host: list[float], counts: list[int], has_act: bool
+    ) -> dict[str, float]:
+        n = len(self.layers)
+        metrics: dict[str, float] = {}
+        if "activation" in self.norms:
+            act = mean_norms(host[:n], counts) if has_act else [math.nan] * n
+            unmeasured = [layer for layer, c in zip(self.layers, counts) if c == 0]
+            if unmeasured:
+                self._warn_once(
+                    "no_act_grad",
+                    f"GradientNormMonitor: no gradient reached the outputs of blocks {unmeasured} at step {step}: "
+                    "nothing at or below them is trainable (for instance after freezing the backbone), so "
+                    "autograd never computes it. `act_grad_norm` is logged as NaN there.",
+                )
+            metrics.update(self._record(trainer, "act_grad_norm", step, act, unmeasured))
+            host = host[n:] if has_act else host
+        if "parameter" in self.norms:
+            metrics.update(self._record(trainer, "param_grad_norm", step, host[:n]))
+        return metrics
 
     @staticmethod
-    def _loss_scale(trainer: pl.Trainer) -> float:
+    def _loss_scale(trainer: pl.Trainer) -> torch.Tensor | float:
+        """The loss scaler's current scale, as the scaler's own on-device tensor (reading it as a float would
+        synchronise), or 1.0 without a scaler."""
         scaler = getattr(trainer.precision_plugin, "scaler", None)
-        if scaler is not None and getattr(scaler, "is_enabled", lambda: False)():
-            return float(scaler.get_scale())
-        return 1.0
+        if scaler is None or not getattr(scaler, "is_enabled", lambda: False)():
+            return 1.0
+        scale = getattr(scaler, "_scale", None)
+        return scale if isinstance(scale, torch.Tensor) else float(scaler.get_scale())
 
     def _cleanup(self, trainer: pl.Trainer) -> None:
         if self._capture is not None:

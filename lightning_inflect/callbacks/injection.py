@@ -23,8 +23,17 @@ from lightning_inflect.adapters import (
     find_layers,
 )
 from lightning_inflect.callbacks.base import _check_choice, _InflectMonitor, layer_key
-from lightning_inflect.capture import ActivationGradCapture, default_model_inputs, run_probe, to_device
-from lightning_inflect.functional import grouped_grad_norms, linear_cka
+from lightning_inflect.callbacks.session import flush_monitors
+from lightning_inflect.capture import (
+    ActivationGradCapture,
+    EntropyRequest,
+    PooledRequest,
+    default_model_inputs,
+    mean_norms,
+    run_probe,
+    to_device,
+)
+from lightning_inflect.functional import EntropySums, cka_from_hsic, grouped_grad_norms, hsic_terms
 from lightning_inflect.injection import (
     InjectionRecord,
     add_parameter_group,
@@ -359,9 +368,9 @@ class InjectionCallback(Callback):
             self._own_grads["param_grad_norm"] = grouped_grad_norms(groups).tolist()
         if self._grad_capture is not None:
             self._grad_capture.disarm()
-            means, _ = self._grad_capture.read()
-            nan = torch.tensor(float("nan"))
-            self._own_grads["act_grad_norm"] = [float(means.get(i, nan)) for i in range(self._info.num_layers)]
+            sums, counts = self._grad_capture.read()
+            host = sums.tolist() if sums is not None else [0.0] * len(counts)
+            self._own_grads["act_grad_norm"] = mean_norms(host, counts)
             self._grad_capture = None
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, i: int):
@@ -390,6 +399,7 @@ class InjectionCallback(Callback):
     # ----------------------------------------------------------------------------------------------- decide
     def _monitor_history(self, trainer: pl.Trainer, metric: str) -> dict | None:
         n = self._info.num_layers
+        flush_monitors(trainer)  # values the monitors still hold on the device
         for cb in trainer.callbacks:
             if isinstance(cb, _InflectMonitor) and metric in cb.history and cb.history[metric]["steps"]:
                 hist = cb.history[metric]
@@ -445,30 +455,29 @@ class InjectionCallback(Callback):
         n = self._info.num_layers
         device = next(self._hf_model.parameters()).device
         inputs = to_device(default_model_inputs(self._hf_model, batch), device)
+        blocks = tuple(range(n))
+        entropy, outputs, first_input = EntropyRequest(blocks), PooledRequest(blocks), PooledRequest((0,), site="input")
         result = run_probe(
             self._hf_model,
             [inputs],
             self._info.blocks,
-            entropy_layers=range(n),
+            [entropy, outputs, first_input],
             attention_modules=find_attention_modules(self._info),
-            output_layers=range(n),
-            input_layers=[0],
             precision_context=trainer.precision_plugin.forward_context,
         )
         out: dict[str, dict] = {}
         if "attn_entropy" in metrics or "attn_entropy_normalized" in metrics:
-            ent = [float((s.mean() * s.count).sum() / s.count.sum()) for s in (result.entropy[i] for i in range(n))]
-            norm = [
-                float((s.normalized_mean() * s.count).sum() / s.count.sum())
-                for s in (result.entropy[i] for i in range(n))
-            ]
+            sums = result.answer(entropy)
+            assert isinstance(sums, EntropySums)
+            values = torch.stack([sums.entropy.sum(1), sums.normalized.sum(1)]) / sums.count.sum(1)
+            ent, norm = values.tolist()
             out["attn_entropy"] = {"steps": [step], "values": [ent]}
             out["attn_entropy_normalized"] = {"steps": [step], "values": [norm]}
         if "cka_importance" in metrics:
-            reps = [result.pooled_inputs[0][0]] + [result.pooled[i][0] for i in range(n)]
-            unbiased = reps[0].shape[0] >= 4
-            values = [1.0 - float(linear_cka(reps[i], reps[i + 1], unbiased)) for i in range(n)]
-            out["cka_importance"] = {"steps": [step], "values": [values]}
+            reps = torch.cat([result.answer(first_input)[0], result.answer(outputs)[0]])  # (n + 1, examples, hidden)
+            unbiased = reps.shape[1] >= 4
+            values = 1.0 - cka_from_hsic(hsic_terms(reps[:-1], reps[1:], unbiased))
+            out["cka_importance"] = {"steps": [step], "values": [values.tolist()]}
         return out
 
     def _choose(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, step: int) -> Selection | None:

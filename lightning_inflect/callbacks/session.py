@@ -1,9 +1,16 @@
-"""What the monitors attached to one Trainer share: the model discovery, the probe and the overhead clock.
+"""What the monitors attached to one Trainer share: the model discovery, the probe, the host transfer, the clock.
 
-Several monitors on one ``Trainer`` must cost one probe forward per logging step, not one each. The first monitor
-set up on a trainer creates a :class:`ProbeSession`; the others join it. On a logging step the first monitor that
-needs the probe runs it for the union of what every monitor due at that step asks for; the others read the cached
-result.
+Several monitors on one ``Trainer`` must cost one probe forward per logging step, not one each, and one
+device-to-host transfer, not one each. The first monitor set up on a trainer creates a :class:`ProbeSession`; the
+others join it.
+
+* **Probe.** Each monitor declares its needs as typed requests (:meth:`_InflectMonitor.probe_requests`, see
+  :mod:`lightning_inflect.capture.contract`). On a logging step the first monitor that needs the probe runs it
+  for the merged requests of every monitor due at that step; each monitor then reads the answer to its own request.
+* **Transfer.** Monitors hand their on-device values to :meth:`ProbeSession.defer`; when the optimizer step is over
+  the session moves everything of that step to the host in one ``tolist()`` and gives each monitor its slice
+  (:meth:`ProbeSession.flush`). Readers of ``.history`` that cannot wait (checkpointing, the injection callback)
+  call :func:`flush_monitors` first.
 """
 
 from __future__ import annotations
@@ -18,14 +25,21 @@ import torch
 from torch import Tensor, nn
 
 from lightning_inflect.adapters import LayerInfo, find_attention_modules, find_hf_model, find_layers
-from lightning_inflect.capture import ProbeResult, default_model_inputs, run_probe, to_device
+from lightning_inflect.capture import (
+    EntropyRequest,
+    ProbeRequest,
+    ProbeResult,
+    default_model_inputs,
+    run_probe,
+    to_device,
+)
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
 
     from lightning_inflect.callbacks.base import _InflectMonitor
 
-__all__ = ["ProbeSession"]
+__all__ = ["ProbeSession", "flush_monitors"]
 
 _SESSIONS: weakref.WeakKeyDictionary[Any, ProbeSession] = weakref.WeakKeyDictionary()
 
@@ -54,8 +68,11 @@ class ProbeSession:
         self.probe_complete = False
         self._result_step: int | None = None
         self._result: ProbeResult | None = None
+        self.entropy_source = "auto"
         self.forwards = 0
+        self.transfers = 0
         self.overhead: dict[int, float] = {}
+        self._pending: list[tuple[int, Tensor, Callable[[list[float]], None]]] = []
 
     # ----------------------------------------------------------------------------------------------- discovery
     @classmethod
@@ -76,6 +93,13 @@ class ProbeSession:
                 raise ValueError(
                     f"{type(monitor).__name__} was given `layers_path={monitor.layers_path!r}` but another inflect "
                     f"monitor uses {session.info.path!r}. Give all monitors the same layers_path."
+                )
+        for other in session.members:
+            clash = set(other.metrics) & set(monitor.metrics)
+            if other is not monitor and other.log_key_prefix == monitor.log_key_prefix and clash:
+                raise ValueError(
+                    f"{type(monitor).__name__} and {type(other).__name__} on this trainer would both log "
+                    f"`{monitor.log_key_prefix}/{sorted(clash)[0]}/...`. Give one of them another `log_key_prefix`."
                 )
         if monitor not in session.members:
             session.members.append(monitor)
@@ -137,28 +161,23 @@ class ProbeSession:
         return [to_device(b, "cpu") for b in self.probe_batches] if self.probe_complete else []
 
     def probe(self, step: int, trainer: pl.Trainer) -> ProbeResult:
-        """The probe result of ``step``, running one forward per probe batch on first request."""
+        """The probe result of ``step``: one forward per probe batch for the merged requests of the monitors due
+        at ``step``, run on first request and cached for the others."""
         if self._result_step == step and self._result is not None:
             return self._result
-        entropy_layers: set[int] = set()
-        output_layers: set[int] = set()
-        reduction = "token"
-        for m in self.members:
-            if m.uses_probe and m.due(step):
-                e, o = m.probe_needs()
-                entropy_layers |= set(e)
-                output_layers |= set(o)
-                reduction = getattr(m, "reduction", reduction)
+        due = [m for m in self.members if m.uses_probe and m.due(step)]
+        requests: list[ProbeRequest] = [r for m in due for r in m.probe_requests()]
         try:
             result = run_probe(
                 self.hf_model,
                 self.probe_batches,
                 self.info.blocks,
-                entropy_layers=sorted(entropy_layers),
-                attention_modules=self.attention_modules if entropy_layers else None,
-                output_layers=sorted(output_layers),
-                reduction=reduction,
+                requests,
+                attention_modules=self.attention_modules
+                if any(isinstance(r, EntropyRequest) for r in requests)
+                else None,
                 precision_context=trainer.precision_plugin.forward_context,
+                entropy_source=self.entropy_source,  # type: ignore[arg-type]
             )
         except Exception as err:
             keys = sorted(self.probe_batches[0]) if self.probe_batches else []
@@ -167,9 +186,33 @@ class ProbeSession:
                 f"{type(err).__name__}: {err}. Pass `probe_inputs=` to map your training batch to the model's "
                 "keyword inputs, or `probe=` with a batch the model accepts."
             ) from err
+        if result.entropy_source is not None and not result.missing:
+            self.entropy_source = result.entropy_source  # later probes skip the first attempt
         self.forwards += result.forwards
         self._result_step, self._result = step, result
         return result
+
+    # ------------------------------------------------------------------------------------------------ transfer
+    def defer(self, step: int, values: Tensor, then: Callable[[list[float]], None]) -> None:
+        """Queue the 1-D ``values`` of ``step`` for the step's one device-to-host transfer; ``then`` gets them as
+        Python floats."""
+        self._pending.append((step, values.detach().reshape(-1), then))
+
+    def flush(self, before_step: int | None = None) -> None:
+        """Move the queued values (of the steps lower than ``before_step``, or all) to the host in one transfer and
+        hand each consumer its slice."""
+        due = [p for p in self._pending if before_step is None or p[0] < before_step]
+        if not due:
+            return
+        self._pending = [p for p in self._pending if not (before_step is None or p[0] < before_step)]
+        start = time.perf_counter()
+        flat = torch.cat([v.to(torch.float64) for _, v, _ in due]).tolist()  # the one device-to-host transfer
+        self.transfers += 1
+        offset = 0
+        for _, values, then in due:
+            then(flat[offset : offset + values.numel()])
+            offset += values.numel()
+        self.add_overhead(max(step for step, _, _ in due), time.perf_counter() - start)
 
     # ------------------------------------------------------------------------------------------------ overhead
     @contextmanager
@@ -189,3 +232,10 @@ class ProbeSession:
         for s in done:
             del self.overhead[s]
         return done
+
+
+def flush_monitors(trainer: pl.Trainer) -> None:
+    """Bring every inflect monitor's ``.history`` on ``trainer`` up to date (one transfer for all of them)."""
+    session = _SESSIONS.get(trainer)
+    if session is not None:
+        session.flush()

@@ -14,12 +14,12 @@ import logging
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from lightning_inflect.functional.entropy import EntropySums, entropy_from_qk, reduce_entropy
+from lightning_inflect.functional.entropy import entropy_from_qk
 
 __all__ = ["capture_attention_entropy", "generic_eager_attention"]
 
@@ -78,21 +78,19 @@ def _entropy_mask(impl: str, module: nn.Module, query: Tensor, key: Tensor, mask
 def capture_attention_entropy(
     model: nn.Module,
     attention_modules: Mapping[nn.Module, int],
-    sums: dict[int, EntropySums],
-    query_mask: Tensor | None = None,
-    reduction: Literal["token", "example"] = "token",
-    query_chunk: int = 256,
+    sink: Callable[[int, Tensor, Tensor], None],
 ) -> Iterator[None]:
-    """Add each listed attention module's entropy sums to ``sums[layer]`` for every forward inside the block.
+    """Call ``sink(layer, entropy, n_valid)`` for every attention call of the listed modules inside the block.
+
+    ``entropy`` and ``n_valid`` are the ``(batch, heads, queries)`` per-query entropies (nats) and numbers of valid
+    keys from :func:`~lightning_inflect.functional.entropy_from_qk`, computed from the queries, keys, mask, scaling
+    and soft-capping the model itself passes to its attention function; the original function then runs unchanged.
+    Nothing is transferred to the host.
 
     Args:
         model: the Hugging Face model (its ``config._attn_implementation`` names the function to wrap).
         attention_modules: the module that calls the attention function -> its block index.
-        sums: receives per-layer :class:`~lightning_inflect.functional.EntropySums` (added to, on device).
-        query_mask: ``(batch, seq)`` padding mask of the batch that will run, to leave out padding queries (enter
-            one context per batch).
-        reduction: see :func:`~lightning_inflect.functional.reduce_entropy`.
-        query_chunk: queries per chunk when forming scores.
+        sink: receives each call's per-query entropies, on the model's device.
     """
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
 
@@ -110,11 +108,9 @@ def capture_attention_entropy(
             mask, is_causal = _entropy_mask(impl, module, query, key, attention_mask, kw)
             with torch.no_grad():
                 ent, n_valid = entropy_from_qk(
-                    query, key, kw.get("scaling"), mask, is_causal, query_chunk, softcap=kw.get("softcap")
+                    query, key, kw.get("scaling"), mask, is_causal, softcap=kw.get("softcap")
                 )
-                qm = query_mask if query_mask is not None and query_mask.shape[-1] == query.shape[2] else None
-                part = reduce_entropy(ent, n_valid, qm, reduction)
-            sums[layer] = part if layer not in sums else sums[layer] + part
+            sink(layer, ent, n_valid)
         fn = original if original is not None else _eager_for(module)
         return fn(module, query, key, value, attention_mask, *a, **kw)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -12,7 +13,7 @@ from torch.utils.hooks import RemovableHandle
 
 from lightning_inflect.functional.norms import per_example_norm
 
-__all__ = ["ActivationGradCapture"]
+__all__ = ["ActivationGradCapture", "mean_norms"]
 
 
 class ActivationGradCapture:
@@ -20,7 +21,8 @@ class ActivationGradCapture:
 
     ``arm()`` registers forward hooks on the blocks; each block's first forward with grad enabled in a micro-batch
     (so gradient-checkpointing recomputation is not counted twice) registers a tensor hook on its output. The
-    tensor hook adds the per-example norms to an on-device sum: no host synchronisation until :meth:`read`.
+    tensor hook adds the per-example norms to one on-device vector (one row per block) and counts the examples on
+    the host (a shape, not a value): no host synchronisation until the caller moves :meth:`read`'s sums.
     ``disarm()`` removes every hook; it is safe to call twice.
 
     Example:
@@ -28,19 +30,21 @@ class ActivationGradCapture:
         >>> cap = ActivationGradCapture(blocks, [0, 1]); cap.arm()
         >>> x = torch.ones(2, 3)
         >>> blocks[1](blocks[0](x)).sum().backward(); cap.disarm()
-        >>> norms, count = cap.read()
-        >>> torch.allclose(norms[1], torch.tensor(3.0).sqrt()), count
-        (True, 2)
+        >>> sums, counts = cap.read()
+        >>> means = mean_norms(sums.tolist(), counts)
+        >>> round(means[1], 5) == round(3 ** 0.5, 5), counts
+        (True, [2, 2])
     """
 
     def __init__(self, blocks: Sequence[nn.Module], layers: Sequence[int]) -> None:
         self.blocks = blocks
         self.layers = list(layers)
+        self._row = {layer: i for i, layer in enumerate(self.layers)}
         self._handles: list[RemovableHandle] = []
         self._tensor_handles: list[Any] = []
         self._seen: set[int] = set()
-        self._sums: dict[int, Tensor] = {}
-        self._counts: dict[int, int] = {}
+        self._sums: Tensor | None = None
+        self._counts = [0] * len(self.layers)
         self.seconds = 0.0
 
     @property
@@ -67,14 +71,14 @@ class ActivationGradCapture:
         self._seen.clear()
 
     def reset(self) -> None:
-        self._sums.clear()
-        self._counts.clear()
+        self._sums = None
+        self._counts = [0] * len(self.layers)
         self.seconds = 0.0
 
-    def read(self) -> tuple[dict[int, Tensor], int]:
-        """Mean per-example norm per block (on device) and the number of examples seen."""
-        count = max(self._counts.values(), default=0)
-        return {layer: s / self._counts[layer] for layer, s in self._sums.items()}, count
+    def read(self) -> tuple[Tensor | None, list[int]]:
+        """``(sums, counts)``: per-block sums of per-example norms, ``(len(layers),)`` on the device (None when no
+        gradient arrived), and the number of examples each sum holds (0 for blocks no gradient reached)."""
+        return self._sums, list(self._counts)
 
     def _forward_hook(self, layer: int):
         def hook(_mod: nn.Module, _inp: Any, out: Any) -> None:
@@ -87,11 +91,25 @@ class ActivationGradCapture:
         return hook
 
     def _grad_hook(self, layer: int):
+        row = self._row[layer]
+
         def hook(grad: Tensor) -> None:
             start = time.perf_counter()
-            norms = per_example_norm(grad)
-            self._sums[layer] = norms.sum() if layer not in self._sums else self._sums[layer] + norms.sum()
-            self._counts[layer] = self._counts.get(layer, 0) + grad.shape[0]
+            total = per_example_norm(grad).sum()
+            if self._sums is None:
+                self._sums = torch.zeros(len(self.layers), dtype=total.dtype, device=total.device)
+            self._sums[row] += total.to(self._sums.dtype)
+            self._counts[row] += grad.shape[0]
             self.seconds += time.perf_counter() - start
 
         return hook
+
+
+def mean_norms(sums: Sequence[float], counts: Sequence[int]) -> list[float]:
+    """Host-side means of :meth:`ActivationGradCapture.read`'s sums; NaN where no gradient arrived.
+
+    Example:
+        >>> mean_norms([6.0, 0.0], [3, 0])
+        [2.0, nan]
+    """
+    return [s / c if c else math.nan for s, c in zip(sums, counts)]

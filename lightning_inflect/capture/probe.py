@@ -1,20 +1,25 @@
-"""The probe forward: a fixed batch run in eval mode under ``no_grad``, gathering entropy and block outputs."""
+"""The probe forward: fixed batches run in eval mode under ``no_grad``, answering the consumers' requests.
+
+See :mod:`lightning_inflect.capture.contract` for the requests and the answers. One pass runs one forward per probe
+batch for the union of all requests; each distinct need is computed once. Values stay on the model's device: the
+runner itself never moves a tensor to the host.
+"""
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from lightning_inflect.capture.attention import capture_attention_entropy
-from lightning_inflect.functional.entropy import EntropySums
+from lightning_inflect.capture.contract import ProbeRequest, ProbeResult, merge_requests
+from lightning_inflect.functional.entropy import EntropySums, entropy_from_probs, reduce_entropy
 
-__all__ = ["ProbeResult", "default_model_inputs", "eval_mode", "pool_hidden", "run_probe", "to_device"]
+__all__ = ["default_model_inputs", "eval_mode", "no_fastpath", "pool_hidden", "run_probe", "to_device"]
 
 Pooling = Literal["mean", "first", "last"]
 
@@ -70,13 +75,19 @@ def default_model_inputs(model: nn.Module, batch: Any) -> dict[str, Any]:
 
 
 def pool_hidden(hidden: Tensor, mask: Tensor | None, pooling: Pooling) -> Tensor:
-    """Pool ``(batch, seq, dim)`` block outputs to ``(batch, dim)`` over real tokens.
+    """Pool ``(batch, seq, dim)`` block outputs to ``(batch, dim)`` over real tokens (``mask`` 1/True).
+
+    ``"mean"`` averages the real tokens, ``"first"`` takes position 0 (CLS), ``"last"`` the last real token. A nested
+    tensor (PyTorch's transformer fast path) is padded first. No host synchronisation.
 
     Example:
         >>> h = torch.arange(6.0).view(1, 3, 2); m = torch.tensor([[1, 1, 0]])
         >>> pool_hidden(h, m, "mean").tolist(), pool_hidden(h, m, "last").tolist()
         ([[1.0, 2.0]], [[2.0, 3.0]])
     """
+    if hidden.is_nested:  # PyTorch's fast path (nn.TransformerEncoder in eval with padding) drops padded positions
+        hidden = torch.nested.to_padded_tensor(hidden, 0.0)
+        mask = None if mask is None else mask[:, : hidden.shape[1]]
     if hidden.dim() == 2:
         return hidden
     if pooling == "first":
@@ -91,91 +102,186 @@ def pool_hidden(hidden: Tensor, mask: Tensor | None, pooling: Pooling) -> Tensor
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
 
-@dataclass
-class ProbeResult:
-    """What one probe pass over all probe batches gathered.
+@contextmanager
+def no_fastpath() -> Iterator[None]:
+    """Turn off PyTorch's fused transformer fast path (it returns nested tensors in eval mode with padding)."""
+    mha = getattr(torch.backends, "mha", None)
+    if mha is None or not hasattr(mha, "set_fastpath_enabled"):
+        yield
+        return
+    before = mha.get_fastpath_enabled()
+    mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        mha.set_fastpath_enabled(before)
 
-    Attributes:
-        entropy: block index -> summed entropies over all probe batches.
-        pooled: block index -> one ``(n_b, dim)`` float32 CPU tensor per probe batch.
-        pooled_inputs: block index -> the same for the block's input hidden states.
-        forwards: number of model forwards run.
-    """
 
-    entropy: dict[int, EntropySums] = field(default_factory=dict)
-    pooled: dict[int, list[Tensor]] = field(default_factory=dict)
-    pooled_inputs: dict[int, list[Tensor]] = field(default_factory=dict)
-    forwards: int = 0
+EntropySource = Literal["auto", "interface", "probs"]
 
 
 def run_probe(
     model: nn.Module,
     batches: Sequence[Mapping[str, Any]],
     blocks: Sequence[nn.Module],
-    entropy_layers: Sequence[int] = (),
+    requests: Sequence[ProbeRequest],
     attention_modules: Sequence[nn.Module] | None = None,
-    output_layers: Sequence[int] = (),
-    pooling: Pooling = "mean",
-    reduction: Literal["token", "example"] = "token",
     precision_context: Any = None,
-    input_layers: Sequence[int] = (),
+    entropy_source: EntropySource = "auto",
 ) -> ProbeResult:
-    """Run ``model(**batch)`` for each probe batch in eval mode under ``no_grad``; gather what was asked.
+    """Run ``model(**batch)`` for each probe batch in eval mode under ``no_grad``, answering ``requests``.
 
-    The model's and every submodule's train/eval flags are restored afterwards, and every hook is removed, also
-    when the forward raises.
+    The model's and every submodule's train/eval flags are restored afterwards, and every hook and patch is removed,
+    also when the forward raises.
+
+    Entropy comes from the model's own attention calls through transformers' attention interface (exact under SDPA,
+    no ``output_attentions``). With ``entropy_source="auto"``, when a requested block's attention is never seen that
+    way, the pass is run again with the model's own probabilities (``output_attentions=True``, eager attention for
+    that pass only; O(T^2) memory per layer). ``result.entropy_source`` says which was used: pass it back as
+    ``entropy_source`` on later probes of the same model to skip the first attempt.
 
     Args:
         model: the Hugging Face model.
         batches: keyword-input dicts, already on the model's device.
         blocks: the block list.
-        entropy_layers: blocks whose attention entropy to gather (needs ``attention_modules``).
-        attention_modules: the attention module of every block.
-        output_layers: blocks whose pooled outputs to gather.
-        pooling: how to pool block outputs over tokens.
-        reduction: entropy reduction (see :func:`~lightning_inflect.functional.reduce_entropy`).
+        requests: what to compute (:class:`EntropyRequest`, :class:`PooledRequest`), merged.
+        attention_modules: the attention module of every block (needed for entropy requests).
         precision_context: a callable returning a context manager (autocast) to run the forward in.
-        input_layers: blocks whose pooled *inputs* to gather (the input of block 0 is the embedding output).
+        entropy_source: ``"auto"``, ``"interface"`` or ``"probs"``, see above.
+
+    Example:
+        >>> from transformers import BertConfig, BertModel
+        >>> from lightning_inflect.adapters import find_attention_modules, find_layers
+        >>> from lightning_inflect.capture import EntropyRequest, PooledRequest
+        >>> model = BertModel(BertConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+        ...                              intermediate_size=32))
+        >>> info = find_layers(model)
+        >>> batch = {"input_ids": torch.tensor([[5, 6, 7, 0]]), "attention_mask": torch.tensor([[1, 1, 1, 0]])}
+        >>> ent, pooled = EntropyRequest((0, 1)), PooledRequest((1,), "first")
+        >>> result = run_probe(model, [batch], info.blocks, [ent, pooled], find_attention_modules(info))
+        >>> result.answer(ent).mean().shape, [t.shape for t in result.answer(pooled)], result.entropy_source
+        (torch.Size([2, 2]), [torch.Size([1, 1, 16])], 'interface')
     """
-    result = ProbeResult()
-    handles = []
+    if entropy_source not in ("auto", "interface", "probs"):
+        raise ValueError(
+            "Expected argument `entropy_source` to be one of ['auto', 'interface', 'probs'] "
+            f"but got {entropy_source!r}."
+        )
+    entropy_layers, reductions, pooled = merge_requests(requests)
+    if entropy_layers and attention_modules is None:
+        raise ValueError("Entropy was requested but `attention_modules` is None: pass the block's attention modules.")
+    attn_map = {attention_modules[i]: i for i in entropy_layers} if attention_modules is not None else {}
+    first = "probs" if entropy_source == "probs" else "interface"
+    result = _probe_pass(model, batches, blocks, attn_map, reductions, pooled, precision_context, first)
+    if entropy_source == "auto" and result.missing:
+        again = _probe_pass(model, batches, blocks, attn_map, reductions, pooled, precision_context, "probs")
+        again.forwards += result.forwards
+        result = again if len(again.missing) < len(result.missing) else result
+    return result
+
+
+def _probe_pass(
+    model: nn.Module,
+    batches: Sequence[Mapping[str, Any]],
+    blocks: Sequence[nn.Module],
+    attn_map: dict[nn.Module, int],
+    reductions: tuple[str, ...],
+    pooled: dict[tuple[str, str], tuple[int, ...]],
+    precision_context: Any,
+    source: str,
+) -> ProbeResult:
+    sums: dict[str, dict[int, EntropySums]] = {r: {} for r in reductions}
+    per_batch: dict[tuple[str, str], dict[int, Tensor]] = {key: {} for key in pooled}
+    result = ProbeResult(pooled={key: [] for key in pooled}, pooled_layers=dict(pooled))
     current_mask: list[Tensor | None] = [None]
 
-    def make_hook(layer: int):
-        def hook(_mod: nn.Module, _inp: Any, out: Any) -> None:
-            h = out[0] if isinstance(out, (tuple, list)) else out
-            pooled = pool_hidden(h, current_mask[0], pooling).detach().float().cpu()
-            result.pooled.setdefault(layer, []).append(pooled)
+    def add_entropy(layer: int, ent: Tensor, n_valid: Tensor) -> None:
+        qm = current_mask[0]
+        qm = qm if qm is not None and qm.shape[-1] == ent.shape[-1] and qm.shape[0] == ent.shape[0] else None
+        for reduction in reductions:
+            part = reduce_entropy(ent, n_valid, qm, reduction)  # type: ignore[arg-type]
+            acc = sums[reduction]
+            acc[layer] = part if layer not in acc else acc[layer] + part
 
-        return hook
+    def add_probs(layer: int, probs: Tensor) -> None:
+        keep = probs > 0  # masked keys (padding, causal, local windows) have probability exactly 0 in eager attention
+        qm = current_mask[0]
+        if qm is not None and qm.shape[-1] == probs.shape[-1] and qm.shape[0] == probs.shape[0]:
+            keep = keep & qm.to(torch.bool)[:, None, None, :]
+        add_entropy(layer, *entropy_from_probs(probs, keep))
 
-    def make_pre_hook(layer: int):
-        def hook(_mod: nn.Module, args: Any, kwargs: Any) -> None:
-            h = args[0] if args else kwargs.get("hidden_states")
+    def pool_at(site: str, layer: int):
+        wanted = [key for key, layers in pooled.items() if key[0] == site and layer in layers]
+
+        def take(h: Any) -> None:
             if isinstance(h, Tensor):
-                pooled = pool_hidden(h, current_mask[0], pooling).detach().float().cpu()
-                result.pooled_inputs.setdefault(layer, []).append(pooled)
+                for key in wanted:
+                    per_batch[key][layer] = pool_hidden(h.detach(), current_mask[0], key[1]).float()  # type: ignore[arg-type]
 
-        return hook
+        return take
 
+    handles = []
     try:
-        for layer in output_layers:
-            handles.append(blocks[layer].register_forward_hook(make_hook(layer)))
-        for layer in input_layers:
-            handles.append(blocks[layer].register_forward_pre_hook(make_pre_hook(layer), with_kwargs=True))
-        attn_map = {attention_modules[i]: i for i in entropy_layers} if attention_modules is not None else {}
-        with eval_mode(model), torch.no_grad():
+        for layer in sorted({i for (site, _), ls in pooled.items() if site == "output" for i in ls}):
+            take = pool_at("output", layer)
+            handles.append(blocks[layer].register_forward_hook(lambda _m, _i, out, t=take: t(_first(out))))
+        for layer in sorted({i for (site, _), ls in pooled.items() if site == "input" for i in ls}):
+            take = pool_at("input", layer)
+            handles.append(
+                blocks[layer].register_forward_pre_hook(
+                    lambda _m, args, kwargs, t=take: t(args[0] if args else kwargs.get("hidden_states")),
+                    with_kwargs=True,
+                )
+            )
+        seen: set[int] = set()
+        with eval_mode(model), torch.no_grad(), no_fastpath():
             for batch in batches:
                 mask = batch.get("attention_mask")
                 current_mask[0] = mask if isinstance(mask, Tensor) and mask.dim() == 2 else None
                 ctx = precision_context() if precision_context is not None else _null()
-                with capture_attention_entropy(model, attn_map, result.entropy, current_mask[0], reduction), ctx:
-                    model(**batch)
+                extra: dict[str, Any] = {}
+                if not attn_map:
+                    capture = _null()
+                elif source == "probs":
+                    from lightning_inflect.capture.probs import capture_attention_probs
+
+                    capture = capture_attention_probs(model, attn_map, add_probs)
+                else:
+                    capture = capture_attention_entropy(model, attn_map, add_entropy)
+                with capture as kwargs, ctx:
+                    extra = kwargs if isinstance(kwargs, dict) else {}
+                    model(**batch, **extra)
                 result.forwards += 1
+                for key, got in per_batch.items():
+                    result.pooled[key].append(torch.stack([got[layer] for layer in pooled[key]]))
+                    got.clear()
+                if reductions:
+                    seen |= set(sums[reductions[0]])
     finally:
         for h in handles:
             h.remove()
+    if attn_map:
+        wanted_layers = tuple(sorted(attn_map.values()))
+        result.missing = tuple(layer for layer in wanted_layers if layer not in seen)
+        result.entropy_layers = tuple(layer for layer in wanted_layers if layer in seen)
+        result.entropy_source = source if result.entropy_layers else None
+        if result.entropy_layers:
+            result.entropy = {r: _stack_sums([sums[r][layer] for layer in result.entropy_layers]) for r in reductions}
     return result
+
+
+def _first(out: Any) -> Any:
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def _stack_sums(parts: list[EntropySums]) -> EntropySums:
+    """Stack per-layer sums into ``(layers, heads)`` fields; layers with fewer heads are padded with empty heads."""
+    heads = max(p.count.shape[0] for p in parts)
+
+    def pad(t: Tensor) -> Tensor:
+        return t if t.shape[0] == heads else torch.cat([t, t.new_zeros(heads - t.shape[0])])
+
+    return EntropySums(*(torch.stack([pad(getattr(p, f)) for p in parts]) for f in EntropySums._fields))
 
 
 @contextmanager
