@@ -99,8 +99,11 @@ class CKADriftMonitor(_InflectMonitor):
             identity["pooling"] = self.pooling
         return identity
 
+    def _request(self) -> PooledRequest:
+        return PooledRequest(tuple(self.layers), self.pooling)
+
     def probe_requests(self) -> list[ProbeRequest]:
-        return [PooledRequest(tuple(self.layers), self.pooling)]
+        return [self._request()]
 
     def reset_reference(self) -> None:
         """Take a new reference at the next logging step (for instance right after an injection)."""
@@ -113,8 +116,7 @@ class CKADriftMonitor(_InflectMonitor):
         self.reset_reference()
 
     def on_probe(self, trainer: pl.Trainer, session: ProbeSession, step: int) -> None:
-        now = session.probe(step, trainer).answer(self.probe_requests()[0])  # per batch: (layers, n_b, hidden)
-        assert isinstance(now, list)
+        now = session.probe(step, trainer).answer(self._request())  # per batch: (layers, n_b, hidden)
         if not self.reference:
             self.reference = now
             self.reference_step = step

@@ -11,7 +11,6 @@ import torch
 from lightning_inflect.callbacks.base import _check_choice, _InflectMonitor, layer_key
 from lightning_inflect.callbacks.session import ProbeSession
 from lightning_inflect.capture import EntropyRequest, ProbeRequest
-from lightning_inflect.functional import EntropySums
 
 __all__ = ["AttentionEntropyMonitor"]
 
@@ -97,8 +96,11 @@ class AttentionEntropyMonitor(_InflectMonitor):
             identity["reduction"] = self.reduction
         return identity
 
+    def _request(self) -> EntropyRequest:
+        return EntropyRequest(tuple(self.layers), self.reduction)
+
     def probe_requests(self) -> list[ProbeRequest]:
-        return [EntropyRequest(tuple(self.layers), self.reduction)]
+        return [self._request()]
 
     def on_probe(self, trainer: pl.Trainer, session: ProbeSession, step: int) -> None:
         result = session.probe(step, trainer)
@@ -112,8 +114,7 @@ class AttentionEntropyMonitor(_InflectMonitor):
                 "cannot be measured. Remove AttentionEntropyMonitor for this model, restrict it with `layers=`, or "
                 "pass `layers_path=` if the blocks found are not the transformer blocks."
             )
-        sums = result.answer(self.probe_requests()[0])
-        assert isinstance(sums, EntropySums)
+        sums = result.answer(self._request())
         count = sums.count  # (layers, heads)
         rows = [(sums.entropy.sum(1) / count.sum(1))]
         if self.normalized:

@@ -33,7 +33,7 @@ from lightning_inflect.capture import (
     run_probe,
     to_device,
 )
-from lightning_inflect.functional import EntropySums, cka_from_hsic, grouped_grad_norms, hsic_terms
+from lightning_inflect.functional import cka_from_hsic, grouped_grad_norms, hsic_terms
 from lightning_inflect.injection import (
     InjectionRecord,
     add_parameter_group,
@@ -468,7 +468,6 @@ class InjectionCallback(Callback):
         out: dict[str, dict] = {}
         if "attn_entropy" in metrics or "attn_entropy_normalized" in metrics:
             sums = result.answer(entropy)
-            assert isinstance(sums, EntropySums)
             values = torch.stack([sums.entropy.sum(1), sums.normalized.sum(1)]) / sums.count.sum(1)
             ent, norm = values.tolist()
             out["attn_entropy"] = {"steps": [step], "values": [ent]}

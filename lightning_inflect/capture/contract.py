@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, overload
 
 import torch
 from torch import Tensor
@@ -116,8 +116,19 @@ class ProbeResult:
     pooled_layers: dict[tuple[str, str], tuple[int, ...]] = field(default_factory=dict)
     forwards: int = 0
 
+    @overload
+    def answer(self, request: EntropyRequest) -> EntropySums: ...
+
+    @overload
+    def answer(self, request: PooledRequest) -> list[Tensor]: ...
+
     def answer(self, request: ProbeRequest) -> EntropySums | list[Tensor]:
-        """The answer to ``request``, which must be one of the requests the probe was run with."""
+        """The answer to ``request``, which must be one of the requests the probe was run with (or a subset of
+        their blocks).
+
+        Raises:
+            KeyError: when the probe was not run with that need, or saw no attention call of those blocks.
+        """
         if isinstance(request, EntropyRequest):
             sums = self.entropy.get(request.reduction)
             if (
