@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
@@ -148,3 +150,50 @@ def make_trainer(tmp_path, callbacks, loggers=None, **kw) -> pl.Trainer:
 @pytest.fixture
 def trainer_factory(tmp_path) -> Callable[..., pl.Trainer]:
     return lambda callbacks, loggers=None, **kw: make_trainer(tmp_path, callbacks, loggers, **kw)
+
+
+# Calls that make the host wait for the device (or copy to the host) on a GPU; a TorchFunctionMode sees them on CPU too.
+SYNC_FORCING = {
+    torch.Tensor.item,
+    torch.Tensor.tolist,
+    torch.Tensor.cpu,
+    torch.Tensor.numpy,
+    torch.Tensor.__float__,
+    torch.Tensor.__bool__,
+    torch.Tensor.__int__,
+}
+PACKAGE_DIR = str(Path(__file__).resolve().parents[1] / "lightning_inflect")
+
+
+def _to_cpu(args, kwargs) -> bool:
+    targets = [*args[1:], kwargs.get("device")]
+    return any(
+        (isinstance(t, torch.device) and t.type == "cpu") or (isinstance(t, str) and t.startswith("cpu"))
+        for t in targets
+    )
+
+
+class SyncCounter(torch.overrides.TorchFunctionMode):
+    """Records the name of every sync-forcing call (``.to("cpu")`` included) while active.
+
+    With ``package_only=True`` only calls made directly by ``lightning_inflect`` code count (the calling frame is in
+    the package), and ``where``/``steps`` record ``file:line`` and the value of ``self.step`` at the call.
+    """
+
+    def __init__(self, package_only: bool = False) -> None:
+        super().__init__()
+        self.package_only = package_only
+        self.step = -1
+        self.calls: list[str] = []
+        self.where: list[str] = []
+        self.steps: list[int] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in SYNC_FORCING or (func is torch.Tensor.to and _to_cpu(args, kwargs)):
+            frame = sys._getframe(1)
+            if not self.package_only or frame.f_code.co_filename.startswith(PACKAGE_DIR):
+                self.calls.append(func.__name__)
+                self.where.append(f"{Path(frame.f_code.co_filename).name}:{frame.f_lineno}")
+                self.steps.append(self.step)
+        return func(*args, **kwargs)

@@ -1,9 +1,11 @@
 """Attention entropy against a naive float64 reference and its invariants."""
 
+import functools
 import math
 
 import pytest
 import torch
+from conftest import SyncCounter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -14,6 +16,7 @@ from lightning_inflect.functional import (
     entropy_from_scores,
     reduce_entropy,
 )
+from lightning_inflect.functional import entropy as entropy_mod
 
 
 def naive_entropy(scores: torch.Tensor, keep: torch.Tensor, query_mask: torch.Tensor) -> torch.Tensor:
@@ -145,9 +148,7 @@ def test_fully_masked_rows_are_nan_free():
 
 
 # ------------------------------------------------------------------ entropy_from_qk: paths, masks, syncs, fallbacks
-import functools  # noqa: E402
 
-from lightning_inflect.functional import entropy as entropy_mod  # noqa: E402
 
 METHODS = ["fused", "exact"]
 
@@ -362,38 +363,6 @@ def test_bad_arguments_raise_clear_errors():
         entropy_from_qk(query, key[..., :4])
     with pytest.raises(ValueError, match="Expected `query`"):
         entropy_from_qk(query[0], key)
-
-
-# Calls that make the host wait for the device (or copy to the host).
-_SYNCS = {
-    torch.Tensor.item,
-    torch.Tensor.tolist,
-    torch.Tensor.cpu,
-    torch.Tensor.numpy,
-    torch.Tensor.__float__,
-    torch.Tensor.__bool__,
-    torch.Tensor.__int__,
-}
-
-
-def _to_cpu(args, kwargs):
-    targets = [*args[1:], kwargs.get("device")]
-    return any(
-        (isinstance(t, torch.device) and t.type == "cpu") or (isinstance(t, str) and t.startswith("cpu"))
-        for t in targets
-    )
-
-
-class SyncCounter(torch.overrides.TorchFunctionMode):
-    def __init__(self):
-        super().__init__()
-        self.calls = []
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func in _SYNCS or (func is torch.Tensor.to and _to_cpu(args, kwargs)):
-            self.calls.append(getattr(func, "__name__", str(func)))
-        return func(*args, **kwargs)
 
 
 def test_no_host_syncs():

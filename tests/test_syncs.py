@@ -9,52 +9,12 @@ happened in. The model's own forward (transformers' mask checks) and Lightning's
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
-import torch
-from conftest import NO_DROPOUT, ClsModule, loader, tiny_model
+from conftest import NO_DROPOUT, ClsModule, SyncCounter, loader, tiny_model
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
-from torch.overrides import TorchFunctionMode
 
-import lightning_inflect
 from lightning_inflect import AttentionEntropyMonitor, CKADriftMonitor, GradientNormMonitor
-
-PACKAGE = str(Path(lightning_inflect.__file__).parent)
-SYNCING = {
-    torch.Tensor.item,
-    torch.Tensor.tolist,
-    torch.Tensor.cpu,
-    torch.Tensor.numpy,
-    torch.Tensor.__float__,
-    torch.Tensor.__bool__,
-    torch.Tensor.__int__,
-}
-
-
-def _to_cpu(args, kwargs) -> bool:
-    targets = [*args[1:], kwargs.get("device")]
-    return any(t == "cpu" or (isinstance(t, torch.device) and t.type == "cpu") for t in targets)
-
-
-class SyncCounter(TorchFunctionMode):
-    """Records (step, function, file:line) for every sync-forcing call made from this package's code."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.step = -1
-        self.calls: list[tuple[int, str, str]] = []
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func in SYNCING or (func is torch.Tensor.to and _to_cpu(args, kwargs)):
-            frame = sys._getframe(1)
-            if frame.f_code.co_filename.startswith(PACKAGE):
-                where = f"{Path(frame.f_code.co_filename).name}:{frame.f_lineno}"
-                self.calls.append((self.step, func.__name__, where))
-        return func(*args, **kwargs)
 
 
 class StepTracker(Callback):
@@ -68,7 +28,7 @@ class StepTracker(Callback):
 
 
 def _fit(tmp_path, layers: int, every: int = 2, max_steps: int = 6, accumulate: int = 2):
-    counter = SyncCounter()
+    counter = SyncCounter(package_only=True)
     monitors = [
         AttentionEntropyMonitor(every_n_steps=every, normalized=True, per_head=True),
         GradientNormMonitor(every_n_steps=every),
@@ -99,11 +59,12 @@ def test_at_most_two_host_transfers_per_logging_step_whatever_the_depth(tmp_path
         logging_steps = [0, 2, 4]
         for m in monitors:  # every value of every logging step arrived
             assert all(h["steps"] == logging_steps for h in m.history.values())
-        per_step = {s: [c for c in counter.calls if c[0] == s] for s in range(-1, 6)}
-        for step, calls in per_step.items():
-            assert len(calls) <= (2 if step in logging_steps else 0), (layers, step, calls)
+        calls = list(zip(counter.steps, counter.calls, counter.where))
+        per_step = {s: [c for c in calls if c[0] == s] for s in range(-1, 6)}
+        for step, at_step in per_step.items():
+            assert len(at_step) <= (2 if step in logging_steps else 0), (layers, step, at_step)
         # the counter is not blind: it sees our own transfer, exactly one tolist per logging step
-        assert [len(per_step[s]) for s in logging_steps] == [1, 1, 1], counter.calls
-        assert all(name == "tolist" for _, name, _ in counter.calls)
+        assert [len(per_step[s]) for s in logging_steps] == [1, 1, 1], calls
+        assert set(counter.calls) == {"tolist"}
         counts.append(len(counter.calls))
     assert counts[0] == counts[1]  # 2 blocks or 6: the same number of transfers
