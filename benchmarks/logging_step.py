@@ -154,7 +154,7 @@ def component_times(args: argparse.Namespace) -> tuple[dict[str, float], str]:
     from lightning.pytorch.loggers import TensorBoardLogger
     from lightning.pytorch.utilities import grad_norm
 
-    from lightning_inflect.adapters import find_attention_modules, find_layers
+    from lightning_inflect.architectures import find_attention_modules, find_layers
     from lightning_inflect.callbacks.base import layer_key
     from lightning_inflect.capture import ActivationGradCapture, EntropyRequest, PooledRequest, run_probe
     from lightning_inflect.functional import grouped_grad_norms, heatmap_image, pca_basis, shared_pca_cka
@@ -378,7 +378,7 @@ def decoder(args: argparse.Namespace, attn: str):
 
 def run_variant(args: argparse.Namespace) -> dict[str, float]:
     """One long-context variant, timed and measured for memory (called in a fresh process on the CPU)."""
-    from lightning_inflect.adapters import find_attention_modules, find_layers
+    from lightning_inflect.architectures import find_attention_modules, find_layers
     from lightning_inflect.capture import EntropyRequest, run_probe
 
     model = decoder(args, "eager" if args.variant == "eager output_attentions" else "sdpa")

@@ -5,7 +5,7 @@ Callbacks (importing them imports Lightning):
 >>> from lightning_inflect import AttentionEntropyMonitor, GradientNormMonitor, CKADriftMonitor, InjectionCallback
 """
 
-from lightning_inflect.adapters import LayerDiscoveryError
+from lightning_inflect.architectures import LayerDiscoveryError
 from lightning_inflect.selection import (
     SKI,
     CKAImportance,

@@ -5,7 +5,7 @@ import torch
 from conftest import tiny_model
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
 
-from lightning_inflect.adapters import find_attention_modules, find_layers
+from lightning_inflect.architectures import find_attention_modules, find_layers
 from lightning_inflect.capture import (
     ActivationGradCapture,
     EntropyRequest,

@@ -1,7 +1,7 @@
 """The model's own attention probabilities, for models whose attention bypasses transformers' attention interface.
 
-Each case is a tiny, dropout-free model built from a config (see ``NO_INTERFACE`` in tests/test_adapters.py), run on
-a right-padded batch. The probabilities handed to the sink are checked against the model's own
+Each case is a tiny, dropout-free model built from a config (see ``NO_INTERFACE`` in tests/conftest.py), run on a
+right-padded batch. The probabilities handed to the sink are checked against the model's own
 ``outputs.attentions`` from a separate eager forward and, for models that run SDPA, against the probabilities the SDPA
 call actually used (recomputed in float64 from its inputs).
 """
@@ -16,7 +16,7 @@ import torch
 from conftest import NO_DROPOUT, tiny_model, tiny_no_interface
 from torch import nn
 
-from lightning_inflect.adapters import find_attention_modules, find_layers
+from lightning_inflect.architectures import find_attention_modules, find_layers
 from lightning_inflect.capture.probs import capture_attention_probs
 from lightning_inflect.functional.entropy import entropy_from_probs
 

@@ -11,7 +11,7 @@ import pytest
     [
         "lightning_inflect",
         "lightning_inflect.functional",
-        "lightning_inflect.adapters",
+        "lightning_inflect.architectures",
         "lightning_inflect.capture",
         "lightning_inflect.selection",
         "lightning_inflect.injection",

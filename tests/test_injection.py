@@ -14,7 +14,7 @@ from peft import PeftModel
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lightning_inflect import GradientNormMonitor, InjectionCallback
-from lightning_inflect.adapters import find_layers
+from lightning_inflect.architectures import find_layers
 from lightning_inflect.injection import InjectionRecord, export_adapters, inject_lora, resolve_targets
 from lightning_inflect.selection import Manual, Selection, Selector, TopK
 

@@ -8,7 +8,7 @@ from conftest import NO_DROPOUT, ClsModule, loader, tiny_model, tiny_no_interfac
 from lightning.pytorch.callbacks import Callback
 
 from lightning_inflect import AttentionEntropyMonitor, CKADriftMonitor
-from lightning_inflect.adapters import find_attention_modules, find_layers
+from lightning_inflect.architectures import find_attention_modules, find_layers
 from lightning_inflect.capture import EntropyRequest, run_probe
 
 

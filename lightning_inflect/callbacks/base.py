@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 
-from lightning_inflect.adapters import check_layer_indices
+from lightning_inflect.architectures import check_layer_indices
 from lightning_inflect.callbacks.session import ProbeSession
 from lightning_inflect.capture import ProbeRequest
 from lightning_inflect.functional import heatmap_image

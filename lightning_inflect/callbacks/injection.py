@@ -15,7 +15,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from lightning_inflect.adapters import (
+from lightning_inflect.architectures import (
     LayerInfo,
     check_layer_indices,
     find_attention_modules,
@@ -69,9 +69,9 @@ class InjectionCallback(Callback):
        (``SKI`` by default) applied to the per-block diagnostics of the monitors attached to the Trainer; a metric
        no monitor logs is collected by the callback itself (one probe forward on the current batch, and the
        gradients of the optimizer step just before the injection);
-    2. wraps the attention projections of those blocks (``target_modules``, per ``model_type`` from the adapters
-       table; with ``include_mlp=True`` the feed-forward ones too) with LoRA through ``peft.inject_adapter_in_model``;
-       logits are unchanged at that moment since LoRA ``B`` starts at zero;
+    2. wraps the attention projections of those blocks (``target_modules``, per ``model_type`` from the
+       architectures table; with ``include_mlp=True`` the feed-forward ones too) with LoRA through
+       ``peft.inject_adapter_in_model``; logits are unchanged at that moment since LoRA ``B`` starts at zero;
     3. freezes everything else except the task head (the Hugging Face model's modules outside its base model) and
        ``keep_trainable``, trained in place (no ``modules_to_save`` copy);
     4. makes every optimizer train exactly the new trainable set: frozen parameters leave their groups, the LoRA
@@ -109,7 +109,7 @@ class InjectionCallback(Callback):
         lora_dropout: dropout on the LoRA input.
         target_modules: module names inside a block (peft's matching: exact or ``.``-suffix); default per
             ``model_type``.
-        include_mlp: also adapt the feed-forward projections of the adapters table.
+        include_mlp: also adapt the feed-forward projections of the architectures table.
         freeze_backbone: freeze every parameter that is not LoRA, the head or ``keep_trainable``.
         keep_trainable: more module names (from the Hugging Face model) to keep training, e.g. ``["pooler"]``.
         on_empty: when the selector picks no block: ``"raise"``, ``"skip"`` (warn, no injection) or ``"fallback"``

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from lightning_inflect.adapters import LayerInfo, find_attention_modules, find_hf_model, find_layers
+from lightning_inflect.architectures import LayerInfo, find_attention_modules, find_hf_model, find_layers
 from lightning_inflect.capture import (
     EntropyRequest,
     ProbeRequest,

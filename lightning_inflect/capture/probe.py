@@ -151,7 +151,7 @@ def run_probe(
 
     Example:
         >>> from transformers import BertConfig, BertModel
-        >>> from lightning_inflect.adapters import find_attention_modules, find_layers
+        >>> from lightning_inflect.architectures import find_attention_modules, find_layers
         >>> from lightning_inflect.capture import EntropyRequest, PooledRequest
         >>> model = BertModel(BertConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
         ...                              intermediate_size=32))

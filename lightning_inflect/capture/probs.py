@@ -158,7 +158,7 @@ def capture_attention_probs(
     Args:
         model: the Hugging Face model (the configs of it and its submodules are switched to eager if needed).
         attention_modules: the module that computes a block's attention -> its block index
-            (:func:`~lightning_inflect.adapters.find_attention_modules`).
+            (:func:`~lightning_inflect.architectures.find_attention_modules`).
         sink: called as ``sink(layer, probs)`` once per call of a listed module, as soon as its output exists, with
             the ``(batch, heads, queries, keys)`` probabilities on the model's device (the model's own tensor: do not
             modify it in place; keep what you need, not the tensor, to bound memory).

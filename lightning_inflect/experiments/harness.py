@@ -367,7 +367,7 @@ def run_transfer(
     import lightning.pytorch as pl
 
     from lightning_inflect import AttentionEntropyMonitor, CKADriftMonitor, GradientNormMonitor, InjectionCallback
-    from lightning_inflect.adapters import find_layers
+    from lightning_inflect.architectures import find_layers
     from lightning_inflect.experiments.loaders import make_dataloader
     from lightning_inflect.experiments.module import SequenceClassificationModule
     from lightning_inflect.injection import head_module_names

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lightning_inflect.adapters import LayerInfo
+from lightning_inflect.architectures import LayerInfo
 
 __all__ = [
     "InjectionRecord",

@@ -1,6 +1,6 @@
 """Model knowledge: where blocks, attention modules and projections are, per ``config.model_type``."""
 
-from lightning_inflect.adapters.discovery import (
+from lightning_inflect.architectures.discovery import (
     LayerDiscoveryError,
     LayerInfo,
     check_layer_indices,
@@ -8,7 +8,7 @@ from lightning_inflect.adapters.discovery import (
     find_hf_model,
     find_layers,
 )
-from lightning_inflect.adapters.table import MODEL_LAYOUTS, ModelLayout
+from lightning_inflect.architectures.table import MODEL_LAYOUTS, ModelLayout
 
 __all__ = [
     "MODEL_LAYOUTS",

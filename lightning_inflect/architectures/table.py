@@ -3,7 +3,8 @@
 One row per ``config.model_type``, in the spirit of peft's ``TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING``.
 Paths are dotted attribute paths: ``layers`` from the base model (``model.base_model``), ``attention`` from a block,
 the projections from the attention module. A model type that is missing still works through the structural
-fallback of :func:`lightning_inflect.adapters.find_layers`; add a row (or pass ``layers_path=``) to make it explicit.
+fallback of :func:`lightning_inflect.architectures.find_layers`; add a row (or pass ``layers_path=``) to make it
+explicit.
 """
 
 from __future__ import annotations

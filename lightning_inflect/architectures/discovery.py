@@ -8,7 +8,7 @@ from typing import Literal
 
 from torch import nn
 
-from lightning_inflect.adapters.table import MODEL_LAYOUTS, ModelLayout
+from lightning_inflect.architectures.table import MODEL_LAYOUTS, ModelLayout
 
 __all__ = [
     "LayerDiscoveryError",
@@ -168,7 +168,7 @@ def find_attention_modules(info: LayerInfo) -> list[nn.Module]:
         if mod is None:
             raise LayerDiscoveryError(
                 f"Block {i} ({type(block).__name__}) has no attention module with a query projection named one of "
-                f"{list(_QUERY_NAMES)}. Add a row for this model type to lightning_inflect.adapters.MODEL_LAYOUTS."
+                f"{list(_QUERY_NAMES)}. Add a row for this model type to lightning_inflect.architectures.MODEL_LAYOUTS."
             )
         out.append(mod)
     return out

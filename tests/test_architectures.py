@@ -5,7 +5,7 @@ import torch
 from conftest import NO_INTERFACE, tiny_model, tiny_no_interface
 from torch import nn
 
-from lightning_inflect.adapters import (
+from lightning_inflect.architectures import (
     MODEL_LAYOUTS,
     LayerDiscoveryError,
     check_layer_indices,
