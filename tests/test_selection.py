@@ -93,7 +93,7 @@ def test_ski_scores_shape_errors():
         ski_scores(torch.ones(3), torch.ones(4))
     with pytest.raises(ValueError, match="same length"):
         ski_scores(torch.ones(2, 2), torch.ones(2, 2))
-    with pytest.raises(ValueError, match=r"Expected argument `a` to be a float in \[0, 1\] but got 2"):
+    with pytest.raises(ValueError, match=r"Expected argument `a` to be a number in \[0.0, 1.0\] but got 2"):
         ski_scores(torch.ones(3), torch.ones(3), a=2)
 
 
@@ -294,11 +294,11 @@ def test_repr_eq_and_requires():
 @pytest.mark.parametrize(
     ("make", "match"),
     [
-        (lambda: SKI(a=1.5), r"Expected argument `a` to be a float in \[0, 1\] but got 1.5\."),
-        (lambda: SKI(a=-0.1), r"argument `a` to be a float in \[0, 1\] but got -0.1"),
-        (lambda: SKI(a=NAN), r"argument `a` to be a float in \[0, 1\] but got nan"),
-        (lambda: SKI(a=True), r"argument `a` to be a float in \[0, 1\] but got True"),
-        (lambda: SKI(a="0.5"), r"argument `a` to be a float in \[0, 1\] but got '0.5'"),
+        (lambda: SKI(a=1.5), r"Expected argument `a` to be a number in \[0.0, 1.0\] but got 1.5\."),
+        (lambda: SKI(a=-0.1), r"argument `a` to be a number in \[0.0, 1.0\] but got -0.1"),
+        (lambda: SKI(a=NAN), r"argument `a` to be a number in \[0.0, 1.0\] but got nan"),
+        (lambda: SKI(a=True), r"argument `a` to be a number in \[0.0, 1.0\] but got True"),
+        (lambda: SKI(a="0.5"), r"argument `a` to be a number in \[0.0, 1.0\] but got '0.5'"),
         (lambda: SKI(window=0), r"Expected argument `window` to be a positive int but got 0\."),
         (lambda: SKI(window=1.0), r"argument `window` to be a positive int but got 1.0"),
         (lambda: SKI(band=-1), r"Expected argument `band` to be a non-negative int but got -1\."),

@@ -16,6 +16,7 @@ from lightning_inflect.architectures import check_layer_indices
 from lightning_inflect.callbacks.session import ProbeSession
 from lightning_inflect.capture import ProbeRequest
 from lightning_inflect.functional import heatmap_image
+from lightning_inflect.validation import check_callable, check_int, check_str
 
 __all__ = ["OVERHEAD_KEY", "layer_key"]
 
@@ -35,19 +36,6 @@ def layer_key(prefix: str, metric: str, layer: int, head: int | None = None) -> 
     return key if head is None else f"{key}/head_{head:02d}"
 
 
-def _check_positive_int(name: str, value: Any, allow_zero: bool = False) -> None:
-    low = 0 if allow_zero else 1
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(
-            f"Expected argument `{name}` to be an int >= {low} but got {value!r} ({type(value).__name__})."
-        )
-
-
-def _check_choice(name: str, value: Any, allowed: Sequence[Any]) -> None:
-    if value not in allowed:
-        raise ValueError(f"Expected argument `{name}` to be one of {list(allowed)} but got {value!r}.")
-
-
 class _InflectMonitor(Callback):
     """Base of the monitors. Subclasses set ``metrics`` and implement the hooks they need."""
 
@@ -57,6 +45,7 @@ class _InflectMonitor(Callback):
     def __init__(
         self,
         every_n_steps: int = 50,
+        *,
         layers: Sequence[int] | None = None,
         model_attr: str | None = None,
         layers_path: str | None = None,
@@ -66,21 +55,18 @@ class _InflectMonitor(Callback):
         probe_batches: int = 1,
         probe_inputs: Callable[[Any], Mapping[str, Any]] | None = None,
     ) -> None:
-        _check_positive_int("every_n_steps", every_n_steps)
-        _check_positive_int("heatmap_every_n_logs", heatmap_every_n_logs, allow_zero=True)
-        _check_positive_int("probe_batches", probe_batches)
+        check_int("every_n_steps", every_n_steps, low=1)
+        check_int("heatmap_every_n_logs", heatmap_every_n_logs, low=0)
+        check_int("probe_batches", probe_batches, low=1)
+        check_str("model_attr", model_attr, optional=True, hint="For example `model_attr='model'`.")
+        check_str("layers_path", layers_path, optional=True, hint="For example `layers_path='encoder.layer'`.")
+        check_str("log_key_prefix", log_key_prefix, hint="The default is 'inflect'.")
+        check_callable("probe_inputs", probe_inputs)
         if layers is not None and (isinstance(layers, (str, bytes)) or len(layers) == 0):
             raise ValueError(
                 f"Expected argument `layers` to be None (all blocks) or a non-empty sequence of block indices "
                 f"but got {layers!r}."
             )
-        if not isinstance(log_key_prefix, str) or not log_key_prefix or log_key_prefix.endswith("/"):
-            raise ValueError(
-                f"Expected argument `log_key_prefix` to be a non-empty string without a trailing '/' "
-                f"but got {log_key_prefix!r}."
-            )
-        if probe_inputs is not None and not callable(probe_inputs):
-            raise ValueError(f"Expected argument `probe_inputs` to be callable but got {type(probe_inputs).__name__}.")
         if probe is not None:
             probe = [probe] if isinstance(probe, Mapping) else list(probe)
             if not probe or not all(isinstance(b, Mapping) for b in probe):

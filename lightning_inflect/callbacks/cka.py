@@ -9,10 +9,11 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
-from lightning_inflect.callbacks.base import _check_choice, _check_positive_int, _InflectMonitor
+from lightning_inflect.callbacks.base import _InflectMonitor
 from lightning_inflect.callbacks.session import ProbeSession
 from lightning_inflect.capture import PooledRequest, ProbeRequest
 from lightning_inflect.functional import pca_basis, shared_pca_cka
+from lightning_inflect.validation import check_bool, check_choice, check_int
 
 __all__ = ["CKADriftMonitor"]
 
@@ -63,6 +64,7 @@ class CKADriftMonitor(_InflectMonitor):
     def __init__(
         self,
         every_n_steps: int = 50,
+        *,
         layers: Sequence[int] | None = None,
         pca_components: int = 32,
         basis: Literal["reference", "joint"] = "reference",
@@ -76,14 +78,14 @@ class CKADriftMonitor(_InflectMonitor):
         probe_batches: int = 1,
         probe_inputs: Callable[[Any], Mapping[str, Any]] | None = None,
     ) -> None:
-        _check_positive_int("pca_components", pca_components)
-        _check_choice("basis", basis, ["reference", "joint"])
-        _check_choice("pooling", pooling, ["mean", "first", "last"])
-        if not isinstance(unbiased, bool):
-            raise ValueError(f"Expected argument `unbiased` to be a bool but got {unbiased!r}.")
+        check_int("pca_components", pca_components, low=1)
+        check_choice("basis", basis, ["reference", "joint"])
+        check_choice("pooling", pooling, ["mean", "first", "last"])
+        check_bool("unbiased", unbiased)
         super().__init__(
-            every_n_steps, layers, model_attr, layers_path, log_key_prefix, heatmap_every_n_logs, probe,
-            probe_batches, probe_inputs,
+            every_n_steps=every_n_steps, layers=layers, model_attr=model_attr, layers_path=layers_path,
+            log_key_prefix=log_key_prefix, heatmap_every_n_logs=heatmap_every_n_logs, probe=probe,
+            probe_batches=probe_batches, probe_inputs=probe_inputs,
         )  # fmt: skip
         self.pca_components = pca_components
         self.basis = basis

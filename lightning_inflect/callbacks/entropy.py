@@ -8,9 +8,10 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 
-from lightning_inflect.callbacks.base import _check_choice, _InflectMonitor, layer_key
+from lightning_inflect.callbacks.base import _InflectMonitor, layer_key
 from lightning_inflect.callbacks.session import ProbeSession
 from lightning_inflect.capture import EntropyRequest, ProbeRequest
+from lightning_inflect.validation import check_bool, check_choice
 
 __all__ = ["AttentionEntropyMonitor"]
 
@@ -65,6 +66,7 @@ class AttentionEntropyMonitor(_InflectMonitor):
     def __init__(
         self,
         every_n_steps: int = 50,
+        *,
         layers: Sequence[int] | None = None,
         normalized: bool = False,
         per_head: bool = False,
@@ -77,14 +79,14 @@ class AttentionEntropyMonitor(_InflectMonitor):
         probe_batches: int = 1,
         probe_inputs: Callable[[Any], Mapping[str, Any]] | None = None,
     ) -> None:
-        _check_choice("reduction", reduction, ["token", "example"])
-        for name, value in (("normalized", normalized), ("per_head", per_head)):
-            if not isinstance(value, bool):
-                raise ValueError(f"Expected argument `{name}` to be a bool but got {value!r}.")
+        check_choice("reduction", reduction, ["token", "example"])
+        check_bool("normalized", normalized)
+        check_bool("per_head", per_head)
         self.metrics = ("attn_entropy", "attn_entropy_normalized") if normalized else ("attn_entropy",)
         super().__init__(
-            every_n_steps, layers, model_attr, layers_path, log_key_prefix, heatmap_every_n_logs, probe,
-            probe_batches, probe_inputs,
+            every_n_steps=every_n_steps, layers=layers, model_attr=model_attr, layers_path=layers_path,
+            log_key_prefix=log_key_prefix, heatmap_every_n_logs=heatmap_every_n_logs, probe=probe,
+            probe_batches=probe_batches, probe_inputs=probe_inputs,
         )  # fmt: skip
         self.normalized = normalized
         self.per_head = per_head
@@ -116,9 +118,9 @@ class AttentionEntropyMonitor(_InflectMonitor):
             )
         sums = result.answer(self._request())
         count = sums.count  # (layers, heads)
-        rows = [(sums.entropy.sum(1) / count.sum(1))]
+        rows = [sums.pooled_mean()]
         if self.normalized:
-            rows.append(sums.normalized.sum(1) / count.sum(1))
+            rows.append(sums.pooled_normalized_mean())
         if self.per_head:
             rows.append(sums.mean().flatten())
         heads = count.shape[1]

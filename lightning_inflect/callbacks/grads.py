@@ -54,6 +54,7 @@ class GradientNormMonitor(_InflectMonitor):
     def __init__(
         self,
         every_n_steps: int = 50,
+        *,
         layers: Sequence[int] | None = None,
         norms: Sequence[Norm] = ("activation", "parameter"),
         model_attr: str | None = None,
@@ -66,7 +67,10 @@ class GradientNormMonitor(_InflectMonitor):
             raise ValueError(f"Expected argument `norms` to be a non-empty list of {allowed} but got {norms!r}.")
         self.norms = tuple(n for n in allowed if n in norms)
         self.metrics = tuple({"activation": "act_grad_norm", "parameter": "param_grad_norm"}[n] for n in self.norms)
-        super().__init__(every_n_steps, layers, model_attr, layers_path, log_key_prefix, heatmap_every_n_logs)
+        super().__init__(
+            every_n_steps=every_n_steps, layers=layers, model_attr=model_attr, layers_path=layers_path,
+            log_key_prefix=log_key_prefix, heatmap_every_n_logs=heatmap_every_n_logs,
+        )  # fmt: skip
         self._capture: ActivationGradCapture | None = None
         self._capture_step: int | None = None
 

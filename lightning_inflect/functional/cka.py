@@ -24,6 +24,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from lightning_inflect.validation import check_int
+
 __all__ = [
     "cka_from_hsic",
     "hsic_terms",
@@ -167,8 +169,7 @@ def pca_basis(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
         >>> pca_basis(torch.randn(5, 10, 6), k=3)[1].shape
         torch.Size([5, 6, 3])
     """
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"Expected argument `k` to be a positive int but got {k!r}.")
+    check_int("k", k, low=1)
     x = x.detach().double()
     n, p = x.shape[-2:]
     mean = x.mean(-2)

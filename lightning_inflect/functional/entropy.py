@@ -57,6 +57,8 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor
 
+from lightning_inflect.validation import check_choice, check_int
+
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
     "MASKED_BIAS",
@@ -104,6 +106,21 @@ class EntropySums(NamedTuple):
     def normalized_mean(self) -> Tensor:
         """Mean normalised entropy per head, in ``[0, 1]``."""
         return self.normalized / self.count
+
+    def pooled_mean(self) -> Tensor:
+        """Mean entropy over all heads' terms together (heads weighted by their number of terms), reducing the last
+        (heads) axis: the value the monitor logs per block. The one definition of the head-weighted mean.
+
+        Example:
+            >>> s = EntropySums(torch.tensor([[2.0, 6.0]]), torch.tensor([[1.0, 1.0]]), torch.tensor([[1.0, 3.0]]))
+            >>> s.pooled_mean(), s.pooled_normalized_mean()
+            (tensor([2.]), tensor([0.5000]))
+        """
+        return self.entropy.sum(-1) / self.count.sum(-1)
+
+    def pooled_normalized_mean(self) -> Tensor:
+        """:meth:`pooled_mean` of the normalised entropy."""
+        return self.normalized.sum(-1) / self.count.sum(-1)
 
 
 # ----------------------------------------------------------------------------------------------------------- masks
@@ -390,8 +407,7 @@ def _choose_path(
     method: str, mask_dtype: torch.dtype | None, softcap: float | None, device_type: str, work_dtype: torch.dtype
 ) -> Literal["fused", "exact"]:
     """Which path :func:`entropy_from_qk` takes, from arguments, dtypes and the device type only (never values)."""
-    if method not in ("auto", "exact", "fused"):
-        raise ValueError(f"Expected argument `method` to be one of ['auto', 'exact', 'fused'] but got {method!r}.")
+    check_choice("method", method, ["auto", "exact", "fused"])
     if method == "exact":
         return "exact"
     keeps_or_drops = mask_dtype is None or mask_dtype == torch.bool
@@ -480,12 +496,8 @@ def entropy_from_qk(
         >>> n[:, 0, 0].tolist(), torch.allclose(fused, exact, atol=1e-5)
         ([6, 4], True)
     """
-    if query_chunk is not None and (
-        isinstance(query_chunk, bool) or not isinstance(query_chunk, int) or query_chunk < 1
-    ):
-        raise ValueError(f"Expected argument `query_chunk` to be None or a positive int but got {query_chunk!r}.")
-    if isinstance(memory_budget, bool) or not isinstance(memory_budget, int) or memory_budget < 1:
-        raise ValueError(f"Expected argument `memory_budget` to be a positive int (bytes) but got {memory_budget!r}.")
+    check_int("query_chunk", query_chunk, low=1, optional=True)
+    check_int("memory_budget", memory_budget, low=1)  # bytes
     if query.dim() != 4 or key.dim() != 4:
         raise ValueError(
             "Expected `query` (batch, heads, queries, head_dim) and `key` (batch, kv_heads, keys, head_dim) but got"

@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lightning_inflect.validation import check_int
+
 __all__ = ["METRIC_SOURCES", "History", "MetricHistory", "Selection", "Selector", "history_tensor"]
 
 MetricHistory = Mapping[str, Sequence]
@@ -89,6 +91,12 @@ class Selector(ABC):
     def select(self, history: History, num_layers: int) -> Selection:
         """Pick blocks of a model with ``num_layers`` blocks from ``history``."""
 
+    def check_fits(self, num_layers: int) -> None:
+        """Raise ``ValueError`` now if this selector cannot work on a model with ``num_layers`` blocks (a ``k``
+        larger than the model, blocks outside it); callers check at setup, before training starts. The default
+        accepts any model."""
+        return None
+
     def _params(self) -> dict[str, Any]:
         return {}
 
@@ -112,9 +120,7 @@ def _is_int(value: Any) -> bool:
 
 
 def _check_int(name: str, value: Any, low: int = 1) -> None:
-    if not _is_int(value) or value < low:
-        allowed = {0: "a non-negative int", 1: "a positive int"}.get(low, f"an int >= {low}")
-        raise ValueError(f"Expected argument `{name}` to be {allowed} but got {value!r}.")
+    check_int(name, value, low=low)
 
 
 def _check_k_fits(selector: Selector, k: int, num_layers: int, name: str = "k") -> None:

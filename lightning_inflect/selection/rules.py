@@ -38,6 +38,9 @@ class _TopKByMetric(Selector):
     def _params(self) -> dict[str, object]:
         return {"k": self.k, "window": self.window}
 
+    def check_fits(self, num_layers: int) -> None:
+        _check_k_fits(self, self.k, num_layers)
+
     def select(self, history: History, num_layers: int) -> Selection:
         """Rank the blocks by the smoothed metric and keep the best ``k``."""
         _check_int("num_layers", num_layers)
@@ -108,6 +111,9 @@ class TopK(Selector):
     def _params(self) -> dict[str, object]:
         return {"k": self.k}
 
+    def check_fits(self, num_layers: int) -> None:
+        _check_k_fits(self, self.k, num_layers)
+
     def select(self, history: History, num_layers: int) -> Selection:
         """The last ``k`` of ``num_layers`` blocks; the history is not read."""
         _check_int("num_layers", num_layers)
@@ -155,6 +161,9 @@ class RandomK(Selector):
     def _params(self) -> dict[str, object]:
         return {"k": self.k, "seed": self.seed}
 
+    def check_fits(self, num_layers: int) -> None:
+        _check_k_fits(self, self.k, num_layers)
+
     def select(self, history: History, num_layers: int) -> Selection:
         """Sample ``k`` of ``num_layers`` blocks; the history is not read."""
         _check_int("num_layers", num_layers)
@@ -189,6 +198,9 @@ class Manual(Selector):
 
     def _params(self) -> dict[str, object]:
         return {"layers": self.layers}
+
+    def check_fits(self, num_layers: int) -> None:
+        self.select({}, num_layers)
 
     def select(self, history: History, num_layers: int) -> Selection:
         """The given blocks, checked against ``num_layers``; the history is not read."""

@@ -31,14 +31,14 @@ from lightning_inflect.selection.base import (
     _is_int,
     _top_k,
 )
+from lightning_inflect.validation import check_number
 
 __all__ = ["SKI", "local_maxima_band", "minmax", "ski_scores"]
 
 
 def _check_a(a: object) -> float:
-    if isinstance(a, bool) or not isinstance(a, (int, float)) or not 0 <= a <= 1:
-        raise ValueError(f"Expected argument `a` to be a float in [0, 1] but got {a!r}.")
-    return float(a)
+    check_number("a", a, 0.0, 1.0)
+    return float(a)  # type: ignore[arg-type]
 
 
 def minmax(x: Tensor) -> Tensor:
@@ -193,6 +193,10 @@ class SKI(Selector):
 
     def _params(self) -> dict[str, object]:
         return {"a": self.a, "window": self.window, "band": self.band, "top_k": self.top_k}
+
+    def check_fits(self, num_layers: int) -> None:
+        if self.top_k is not None:
+            _check_k_fits(self, self.top_k, num_layers, name="top_k")
 
     def select(self, history: History, num_layers: int) -> Selection:
         """Score every block and pick the inflection layers; see the class docstring."""

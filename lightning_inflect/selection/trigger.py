@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from lightning_inflect.validation import check_int, check_number
+
 __all__ = ["GradientSuppressionTrigger"]
 
 
@@ -37,10 +39,8 @@ class GradientSuppressionTrigger:
     requires = ("act_grad_norm",)
 
     def __init__(self, threshold: float = math.log(2), patience: int = 3) -> None:
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or math.isnan(threshold):
-            raise ValueError(f"Expected argument `threshold` to be a number (nats) but got {threshold!r}.")
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
-            raise ValueError(f"Expected argument `patience` to be an int >= 1 but got {patience!r}.")
+        check_number("threshold", threshold)
+        check_int("patience", patience, low=1)
         self.threshold = float(threshold)
         self.patience = patience
         self.streak = 0
