@@ -210,14 +210,14 @@ class EmptySelector(Selector):
     [
         ({"layers": [1]}, r"exactly one of `at_step`, `at_epoch`, `at_fraction` but got none"),
         ({"layers": [1], "at_step": 3, "at_epoch": 1}, r"but got at_step=3, at_epoch=1"),
-        ({"layers": [1], "at_fraction": 1.0}, r"`at_fraction` to be a float in \(0, 1\) but got 1.0"),
-        ({"layers": [1], "at_fraction": 0}, r"`at_fraction` to be a float in \(0, 1\) but got 0"),
+        ({"layers": [1], "at_fraction": 1.0}, r"`at_fraction` to be a number in \(0.0, 1.0\) but got 1.0"),
+        ({"layers": [1], "at_fraction": 0}, r"`at_fraction` to be a number in \(0.0, 1.0\) but got 0"),
         ({"layers": [], "at_step": 1}, r"`layers` to be a non-empty list"),
         ({"auto": True, "layers": [1], "at_step": 1}, r"either `auto=True` or `layers=` but got both"),
         ({"at_step": 1}, r"`layers=\[...\]` or `auto=True`"),
         ({"selector": TopK(2), "at_step": 1}, r"pass `auto=True`"),
-        ({"layers": [1], "at_step": 1, "r": 0}, r"`r` to be an int >= 1"),
-        ({"layers": [1], "at_step": 1, "lora_dropout": 1.0}, r"`lora_dropout` to be a float in \[0, 1\)"),
+        ({"layers": [1], "at_step": 1, "r": 0}, r"`r` to be a positive int"),
+        ({"layers": [1], "at_step": 1, "lora_dropout": 1.0}, r"`lora_dropout` to be a number in \[0.0, 1.0\)"),
         ({"layers": [1], "at_step": 1, "target_modules": "query"}, r"`target_modules` to be a non-empty list"),
         ({"auto": True, "at_step": 1, "on_empty": "fallback"}, r"needs `fallback_selector=`"),
         ({"auto": True, "at_step": 1, "on_empty": "ignore"}, r"`on_empty` to be one of"),
@@ -367,7 +367,7 @@ def test_trigger_injects_early_or_falls_back_to_the_fixed_point(trainer_factory)
         trainer_factory([InjectionCallback(layers=[1], at_step=4, trigger=GradientSuppressionTrigger())]).fit(
             ClsModule(tiny_model("bert")), loader(16)
         )
-    with pytest.raises(ValueError, match=r"`patience` to be an int >= 1"):
+    with pytest.raises(ValueError, match=r"`patience` to be a positive int"):
         GradientSuppressionTrigger(patience=0)
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,7 +23,7 @@ from lightning_inflect.architectures import (
     find_hf_model,
     find_layers,
 )
-from lightning_inflect.callbacks.base import _check_choice, _InflectMonitor, layer_key
+from lightning_inflect.callbacks.base import _InflectMonitor, layer_key
 from lightning_inflect.callbacks.session import flush_monitors
 from lightning_inflect.capture import (
     ActivationGradCapture,
@@ -35,6 +36,7 @@ from lightning_inflect.capture import (
 )
 from lightning_inflect.functional import cka_from_hsic, grouped_grad_norms, hsic_terms
 from lightning_inflect.injection import (
+    ADAPTER_NAME,
     InjectionRecord,
     add_parameter_group,
     count_trainable,
@@ -47,17 +49,21 @@ from lightning_inflect.injection import (
     resolve_targets,
 )
 from lightning_inflect.selection import SKI, GradientSuppressionTrigger, Selection, Selector
+from lightning_inflect.validation import (
+    check_bool,
+    check_callable,
+    check_choice,
+    check_int,
+    check_number,
+    check_str,
+    check_str_list,
+)
 
 __all__ = ["InjectionCallback"]
 
 log = logging.getLogger(__name__)
 
 EmptyPolicy = Literal["raise", "skip", "fallback"]
-
-
-def _check_int(name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"Expected argument `{name}` to be an int >= {low} but got {value!r}.")
 
 
 class InjectionCallback(Callback):
@@ -120,6 +126,13 @@ class InjectionCallback(Callback):
         export_dir: where to put ``inflect_adapters/``.
         model_attr, layers_path: as for the monitors.
         log_key_prefix: first part of every logged key.
+        adapter_name: the peft adapter name of our LoRA. A model that already carries LoRA (a user's own peft
+            adapters, under any other name) keeps it untouched: where a chosen module already has an adapter, ours
+            is added beside it, both stay active, and with ``freeze_backbone`` theirs is frozen and only ours
+            trains; the export holds ours only. A model with an adapter of this name already is refused.
+        probe_inputs: for auto-injection's own probe (metrics no monitor logs): maps a training batch to the
+            model's keyword inputs; default keeps the keys of a dict batch that the model's ``forward`` accepts,
+            minus ``labels``. Checked on the first training batch, before any optimizer step.
 
     Example:
         >>> cb = InjectionCallback(layers=[4, 5], at_step=500, r=8)
@@ -151,6 +164,8 @@ class InjectionCallback(Callback):
         model_attr: str | None = None,
         layers_path: str | None = None,
         log_key_prefix: str = "inflect",
+        adapter_name: str = ADAPTER_NAME,
+        probe_inputs: Callable[[Any], Mapping[str, Any]] | None = None,
     ) -> None:
         when = {"at_step": at_step, "at_epoch": at_epoch, "at_fraction": at_fraction}
         given = [k for k, v in when.items() if v is not None]
@@ -160,14 +175,13 @@ class InjectionCallback(Callback):
                 f"{'none' if not given else ', '.join(f'{k}={when[k]!r}' for k in given)}. "
                 "For example `at_fraction=0.3` injects after 30% of the planned optimizer steps."
             )
-        if at_step is not None:
-            _check_int("at_step", at_step, 0)
-        if at_epoch is not None:
-            _check_int("at_epoch", at_epoch, 0)
-        if at_fraction is not None and (
-            isinstance(at_fraction, bool) or not isinstance(at_fraction, (int, float)) or not 0 < at_fraction < 1
-        ):
-            raise ValueError(f"Expected argument `at_fraction` to be a float in (0, 1) but got {at_fraction!r}.")
+        check_int("at_step", at_step, low=0, optional=True)
+        check_int("at_epoch", at_epoch, low=0, optional=True)
+        if at_fraction is not None:
+            check_number("at_fraction", at_fraction, 0.0, 1.0, open_low=True, open_high=True)
+        for name, flag in (("auto", auto), ("include_mlp", include_mlp), ("freeze_backbone", freeze_backbone),
+                           ("export", export), ("export_merged", export_merged)):  # fmt: skip
+            check_bool(name, flag)
         if auto and layers is not None:
             raise ValueError(
                 f"Expected either `auto=True` or `layers=` but got both (layers={list(layers)!r}). Drop `layers` "
@@ -186,16 +200,19 @@ class InjectionCallback(Callback):
                 raise ValueError(
                     f"Expected argument `{name}` to be a lightning_inflect.selection.Selector but got {sel!r}."
                 )
-        _check_int("r", r, 1)
-        if isinstance(lora_alpha, bool) or not isinstance(lora_alpha, (int, float)) or lora_alpha <= 0:
-            raise ValueError(f"Expected argument `lora_alpha` to be a positive number but got {lora_alpha!r}.")
-        if isinstance(lora_dropout, bool) or not isinstance(lora_dropout, (int, float)) or not 0 <= lora_dropout < 1:
-            raise ValueError(f"Expected argument `lora_dropout` to be a float in [0, 1) but got {lora_dropout!r}.")
-        if target_modules is not None and (isinstance(target_modules, str) or not target_modules):
-            raise ValueError(
-                f"Expected argument `target_modules` to be a non-empty list of module names but got {target_modules!r}."
-            )
-        _check_choice("on_empty", on_empty, ["raise", "skip", "fallback"])
+        check_int("r", r, low=1)
+        check_number("lora_alpha", lora_alpha, 0.0, None, open_low=True)
+        check_number("lora_dropout", lora_dropout, 0.0, 1.0, open_high=True)
+        check_str_list("target_modules", target_modules, allow_empty=False, optional=True)
+        check_str_list("keep_trainable", keep_trainable)
+        check_choice("on_empty", on_empty, ["raise", "skip", "fallback"])
+        check_str("model_attr", model_attr, optional=True, hint="For example `model_attr='model'`.")
+        check_str("layers_path", layers_path, optional=True, hint="For example `layers_path='encoder.layer'`.")
+        check_str("log_key_prefix", log_key_prefix, hint="The default is 'inflect'.")
+        check_str("adapter_name", adapter_name, hint=f"The default is {ADAPTER_NAME!r}.")
+        check_callable("probe_inputs", probe_inputs)
+        if export_dir is not None and not isinstance(export_dir, (str, Path)):
+            raise ValueError(f"Expected argument `export_dir` to be None, a str or a Path but got {export_dir!r}.")
         if on_empty == "fallback" and fallback_selector is None:
             raise ValueError("`on_empty='fallback'` needs `fallback_selector=`, for example `TopK(k=4)`.")
         self.auto = auto
@@ -215,6 +232,8 @@ class InjectionCallback(Callback):
         self.export, self.export_merged, self.export_dir = export, export_merged, export_dir
         self.model_attr, self.layers_path = model_attr, layers_path
         self.log_key_prefix = log_key_prefix
+        self.adapter_name = adapter_name
+        self.probe_inputs = probe_inputs
 
         self.record: InjectionRecord | None = None
         self.selection: Selection | None = None
@@ -228,6 +247,7 @@ class InjectionCallback(Callback):
         self._grad_capture: ActivationGradCapture | None = None
         self._own_grads: dict[str, list[float]] = {}
         self._load_hook: Any = None
+        self._batch_checked = False
 
     @property
     def state_key(self) -> str:
@@ -257,6 +277,11 @@ class InjectionCallback(Callback):
         n = self._info.num_layers
         if self.layers_arg is not None:
             check_layer_indices(self.layers_arg, n)
+        for sel in (self.selector, self.fallback_selector):
+            if sel is not None:
+                sel.check_fits(n)
+        self._check_export_dir()
+        self._batch_checked = False
         if self.target_modules is None:
             layout = self._info.layout
             if layout is None or not layout.lora_targets:
@@ -285,19 +310,59 @@ class InjectionCallback(Callback):
             # `setup`: re-apply a saved injection just before the LightningModule's weights are loaded.
             self._load_hook = pl_module.register_load_state_dict_pre_hook(self._before_weights_load)
 
+    def _check_export_dir(self) -> None:
+        """Fail at setup, not after training, when the export folder cannot be written."""
+        if not self.export or self.export_dir is None:
+            return
+        path = Path(self.export_dir)
+        if path.exists() and not path.is_dir():
+            raise ValueError(
+                f"Expected argument `export_dir` to be a folder but {str(path)!r} is a file: the adapters go to "
+                f"`<export_dir>/inflect_adapters`. Pass another `export_dir=`, or `export=False`."
+            )
+        existing = next(p for p in (path, *path.parents) if p.exists())
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise ValueError(
+                f"Expected argument `export_dir` to be writable but {str(existing)!r} is not: the adapters could not "
+                "be saved at the end of fit. Pass another `export_dir=`, or `export=False`."
+            )
+
+    def _read_record(self, data: Any, where: str) -> InjectionRecord:
+        """The saved record, or an error that names this callback and the checkpoint."""
+        try:
+            record = InjectionRecord.from_dict(dict(data))
+            check_layer_indices(list(record.layers), self._info.num_layers if self._info else 10**9)
+            check_str_list("target_modules", record.target_modules, allow_empty=False)
+            return record
+        except (TypeError, ValueError, AttributeError, KeyError) as err:
+            raise self._corrupt(where, f"{type(err).__name__}: {err}") from err
+
+    def _corrupt(self, what: str, detail: str) -> RuntimeError:
+        ckpt = getattr(self._trainer_ref, "ckpt_path", None) or "the checkpoint"
+        return RuntimeError(
+            f"{self.state_key} could not read its {what} from {ckpt}: {detail}. The checkpoint's callback state is "
+            "corrupt or was written by other code; resume from another checkpoint, or start without `ckpt_path`."
+        )
+
     def _before_weights_load(self, module: torch.nn.Module, state_dict: dict, *args: Any) -> None:
-        if self.record is not None or self._restored is not None or not any(".lora_" in k for k in state_dict):
+        ours = f".{self.adapter_name}."
+        if self.record is not None or self._restored is not None:
+            return
+        if not any(".lora_" in k and ours in k for k in state_dict):  # a model's own adapters are not ours
             return
         trainer = self._trainer_ref
         loaded = getattr(getattr(trainer, "_checkpoint_connector", None), "_loaded_checkpoint", None) or {}
-        data = ((loaded.get("callbacks") or {}).get(self.state_key) or {}).get("record")
+        state = (loaded.get("callbacks") or {}).get(self.state_key)
+        if state is not None and not isinstance(state, Mapping):
+            raise self._corrupt("state", f"expected a dict but got {type(state).__name__}")
+        data = (state or {}).get("record")
         if not data:
             raise RuntimeError(
                 "The checkpoint holds LoRA weights but no record of InjectionCallback "
                 f"{self.state_key!r}: resume with the InjectionCallback arguments (at_step/at_epoch/at_fraction) "
                 "that made it."
             )
-        record = InjectionRecord.from_dict(data)
+        record = self._read_record(data, "injection record")
         inject_lora(self._hf_model, record)
         self._restored = record
 
@@ -321,11 +386,29 @@ class InjectionCallback(Callback):
                     "`max_steps` or `max_epochs`, or use `at_step=`."
                 )
             self.planned_step = max(1 if self.auto else 0, round(self.at_fraction * total))
+        self._warn_if_too_late(trainer)
+
+    def _warn_if_too_late(self, trainer: pl.Trainer) -> None:
+        if self.injected:
+            return
         if self.planned_step is not None and trainer.max_steps > 0 and self.planned_step >= trainer.max_steps:
             rank_zero_warn(
                 f"InjectionCallback plans to inject at optimizer step {self.planned_step}, but training stops at "
                 f"max_steps={trainer.max_steps}: no injection will happen. Lower `at_step`/`at_fraction`."
             )
+        elif self.at_epoch is not None and trainer.max_epochs is not None and 0 <= trainer.max_epochs <= self.at_epoch:
+            rank_zero_warn(
+                f"InjectionCallback plans to inject at the start of epoch {self.at_epoch}, but training stops after "
+                f"max_epochs={trainer.max_epochs} (epochs 0 to {trainer.max_epochs - 1}): no injection will happen. "
+                "Lower `at_epoch`."
+            )
+        elif self.planned_step is not None:
+            total = trainer.estimated_stepping_batches
+            if math.isfinite(total) and self.planned_step >= total:
+                rank_zero_warn(
+                    f"InjectionCallback plans to inject at optimizer step {self.planned_step}, but this fit plans "
+                    f"{int(total)} optimizer steps: no injection will happen. Lower `at_step`/`at_fraction`."
+                )
 
     # -------------------------------------------------------------------------------------------- when to act
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -336,6 +419,10 @@ class InjectionCallback(Callback):
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int):
         step = trainer.global_step
         self._step_at_start = step
+        if not self._batch_checked:  # the first batch, before any optimizer step: fail now, not at the injection
+            self._batch_checked = True
+            if self.auto and not self.injected and self._own_probe_metrics():
+                self._model_inputs(batch)
         if self.injected or self.planned_step is None:
             return
         if self.auto and step == self.planned_step - 1 and self._needs_own("act_grad_norm"):
@@ -412,6 +499,36 @@ class InjectionCallback(Callback):
                 return {"steps": list(hist["steps"]), "values": rows}
         return None
 
+    def _model_inputs(self, batch: Any) -> dict[str, Any]:
+        """The model's keyword inputs from a training batch, for the callback's own probe."""
+        if self.probe_inputs is None:
+            try:
+                return default_model_inputs(self._hf_model, batch)
+            except TypeError as err:
+                raise TypeError(
+                    f"InjectionCallback(auto=True) probes the model itself for {self._own_probe_metrics()}, but the "
+                    f"training batch is a {type(batch).__name__}: pass `probe_inputs=` to the InjectionCallback (a "
+                    "function from your batch to a dict such as {'input_ids': ..., 'attention_mask': ...}), or "
+                    "attach the monitors that log these metrics."
+                ) from err
+        inputs = self.probe_inputs(batch)
+        if not isinstance(inputs, Mapping):
+            raise TypeError(
+                f"InjectionCallback's `probe_inputs` must return a dict of model keyword inputs but returned "
+                f"{type(inputs).__name__}."
+            )
+        return dict(inputs)
+
+    def _own_probe_metrics(self) -> list[str]:
+        """Metrics the selectors need from a probe forward that no attached monitor logs."""
+        needed = set(self.selector.requires) if self.selector else set()
+        if self.fallback_selector is not None:
+            needed |= set(self.fallback_selector.requires)
+        logged = {m for cb in getattr(self._trainer_ref, "callbacks", []) if isinstance(cb, _InflectMonitor)
+                  for m in cb.metrics}  # fmt: skip
+        probe = {"attn_entropy", "attn_entropy_normalized", "cka_importance"}
+        return sorted((needed & probe) - logged)
+
     def _needs_own(self, metric: str) -> bool:
         needed = set(self.selector.requires) if self.selector else set()
         if self.fallback_selector is not None:
@@ -454,7 +571,7 @@ class InjectionCallback(Callback):
     def _own_probe(self, trainer: pl.Trainer, batch: Any, step: int, metrics: list[str]) -> dict:
         n = self._info.num_layers
         device = next(self._hf_model.parameters()).device
-        inputs = to_device(default_model_inputs(self._hf_model, batch), device)
+        inputs = to_device(self._model_inputs(batch), device)
         blocks = tuple(range(n))
         entropy, outputs, first_input = EntropyRequest(blocks), PooledRequest(blocks), PooledRequest((0,), site="input")
         result = run_probe(
@@ -468,7 +585,7 @@ class InjectionCallback(Callback):
         out: dict[str, dict] = {}
         if "attn_entropy" in metrics or "attn_entropy_normalized" in metrics:
             sums = result.answer(entropy)
-            values = torch.stack([sums.entropy.sum(1), sums.normalized.sum(1)]) / sums.count.sum(1)
+            values = torch.stack([sums.pooled_mean(), sums.pooled_normalized_mean()])
             ent, norm = values.tolist()
             out["attn_entropy"] = {"steps": [step], "values": [ent]}
             out["attn_entropy_normalized"] = {"steps": [step], "values": [norm]}
@@ -527,6 +644,7 @@ class InjectionCallback(Callback):
             trainable_before=count_trainable(self._hf_model),
             reason=self._trigger_reason + selection.reason,
             scores=list(selection.scores) if selection.scores is not None else None,
+            adapter_name=self.adapter_name,
         )
         inject_lora(self._hf_model, record)
         record.trainable_after = count_trainable(self._hf_model)
@@ -537,7 +655,7 @@ class InjectionCallback(Callback):
 
     def _update_optimizers(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         trainable = [p for p in pl_module.parameters() if p.requires_grad]
-        lora = {id(p) for p in lora_parameters(self._hf_model)}
+        lora = {id(p) for p in lora_parameters(self._hf_model, self.adapter_name)}
         for optimizer in trainer.optimizers:
             # On resume, configure_optimizers already saw the adapters: take them out so that they form the one
             # new group, exactly as in the run that saved the checkpoint.
@@ -568,7 +686,7 @@ class InjectionCallback(Callback):
             f"(r={record.r}, lora_alpha={record.lora_alpha}, lora_dropout={record.lora_dropout}).\n\n"
             f"Reason: {record.reason}\n\n"
             f"Trainable parameters: {record.trainable_before:,} before, {record.trainable_after:,} after "
-            f"(LoRA: {sum(q.numel() for q in lora_parameters(self._hf_model)):,}; kept trainable: "
+            f"(LoRA: {sum(q.numel() for q in lora_parameters(self._hf_model, self.adapter_name)):,}; kept trainable: "
             f"{record.keep_trainable}).\n\nModules: " + ", ".join(f"`{t}`" for t in record.target_modules)
         )
         if trainer.is_global_zero:
@@ -582,10 +700,15 @@ class InjectionCallback(Callback):
         return {"record": self.record.to_dict() if self.record else None, "planned_step": self.planned_step}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not isinstance(state_dict, Mapping):
+            raise self._corrupt("state", f"expected a dict but got {type(state_dict).__name__}")
         data = state_dict.get("record")
         if data:
-            self.record = InjectionRecord.from_dict(data)
-        self.planned_step = state_dict.get("planned_step", self.planned_step)
+            self.record = self._read_record(data, "injection record")
+        planned = state_dict.get("planned_step", self.planned_step)
+        if planned is not None and (isinstance(planned, bool) or not isinstance(planned, int) or planned < 0):
+            raise self._corrupt("planned step", f"expected an int >= 0 or None but got {planned!r}")
+        self.planned_step = planned
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._trainer_ref = None

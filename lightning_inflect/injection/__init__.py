@@ -1,8 +1,10 @@
 """peft glue and optimizer surgery for injecting LoRA partway through training (no Lightning imports)."""
 
 from lightning_inflect.injection.lora import (
+    ADAPTER_NAME,
     InjectionRecord,
     count_trainable,
+    existing_adapters,
     export_adapters,
     head_module_names,
     inject_lora,
@@ -12,10 +14,12 @@ from lightning_inflect.injection.lora import (
 from lightning_inflect.injection.optim import add_parameter_group, drop_frozen_parameters, extend_scheduler
 
 __all__ = [
+    "ADAPTER_NAME",
     "InjectionRecord",
     "add_parameter_group",
     "count_trainable",
     "drop_frozen_parameters",
+    "existing_adapters",
     "export_adapters",
     "extend_scheduler",
     "head_module_names",

@@ -12,7 +12,11 @@ from torch import nn
 
 from lightning_inflect.architectures import LayerInfo
 
+ADAPTER_NAME = "inflect"
+"""The peft adapter name of our LoRA: a model's own adapters (peft's ``"default"``, any other) are never touched."""
+
 __all__ = [
+    "ADAPTER_NAME",
     "InjectionRecord",
     "count_trainable",
     "export_adapters",
@@ -36,6 +40,8 @@ class InjectionRecord:
         step: the optimizer step at which the injection happened.
         trainable_before, trainable_after: trainable parameter counts of the Hugging Face model.
         reason: why these layers (from the selector).
+        scores: the selector's per-block scores, if it has them.
+        adapter_name: the peft adapter name of these adapters.
     """
 
     layers: list[int]
@@ -50,6 +56,7 @@ class InjectionRecord:
     trainable_after: int = 0
     reason: str = ""
     scores: list[float] | None = field(default=None)
+    adapter_name: str = ADAPTER_NAME
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -57,6 +64,7 @@ class InjectionRecord:
     @classmethod
     def from_dict(cls, data: dict) -> InjectionRecord:
         known = {f for f in cls.__dataclass_fields__}
+        data = {"adapter_name": "default", **data}  # records of version 0.1 used peft's default name
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
@@ -104,30 +112,56 @@ def resolve_targets(info: LayerInfo, layers: Sequence[int], target_modules: Sequ
     return sorted(set(out))
 
 
-def lora_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The LoRA tensors of ``model`` (each once, in module order)."""
+def lora_parameters(model: nn.Module, adapter_name: str = ADAPTER_NAME) -> list[nn.Parameter]:
+    """The LoRA tensors of adapter ``adapter_name`` in ``model`` (each once, in module order); other adapters'
+    tensors are not included."""
     seen, out = set(), []
     for name, p in model.named_parameters():
-        if "lora_" in name and id(p) not in seen:
+        if ".lora_" in name and f".{adapter_name}." in f"{name}." and id(p) not in seen:
             seen.add(id(p))
             out.append(p)
     return out
 
 
-def inject_lora(model: nn.Module, record: InjectionRecord) -> list[nn.Parameter]:
-    """Attach LoRA adapters to ``record.target_modules`` of ``model`` (in place) and set what trains.
+def _lora_layers(model: nn.Module) -> dict[str, nn.Module]:
+    from peft.tuners.lora import LoraLayer
 
-    With ``freeze_backbone`` everything but the adapters and ``record.keep_trainable`` modules is frozen; without
-    it the parameters keep the ``requires_grad`` they had. peft freezes whatever it is given except the adapters,
-    so the flags are set again here, and the kept modules are trained in place (no ``modules_to_save`` deep copy
-    that the optimizer would not know about).
+    return {name: m for name, m in model.named_modules() if isinstance(m, LoraLayer)}
+
+
+def existing_adapters(model: nn.Module) -> set[str]:
+    """Names of the LoRA adapters already in ``model`` (a user's own, for instance)."""
+    return {name for layer in _lora_layers(model).values() for name in layer.lora_A}
+
+
+def inject_lora(model: nn.Module, record: InjectionRecord) -> list[nn.Parameter]:
+    """Attach LoRA adapter ``record.adapter_name`` to ``record.target_modules`` of ``model`` (in place), set what
+    trains.
+
+    Adapters the model already carries (a user's own LoRA, under any name) are left as they are: their weights,
+    ranks and active state do not change, and where a chosen module already carries LoRA, ours is added beside
+    theirs and both stay active, so the model's outputs are unchanged. With ``freeze_backbone`` everything but our
+    adapter and the ``record.keep_trainable`` modules is frozen (the user's adapters included); without it the
+    parameters keep the ``requires_grad`` they had. peft freezes whatever it is given except the adapters, so the
+    flags are set again here, and the kept modules are trained in place (no ``modules_to_save`` deep copy that the
+    optimizer would not know about).
 
     Returns:
         The new LoRA parameters. LoRA ``B`` matrices start at zero, so the model's outputs are unchanged.
+
+    Raises:
+        ValueError: when the model already has an adapter named ``record.adapter_name``.
     """
     from peft import LoraConfig, inject_adapter_in_model
 
+    if record.adapter_name in existing_adapters(model):
+        raise ValueError(
+            f"The model already carries a LoRA adapter named {record.adapter_name!r}; lightning-inflect adds its own "
+            "adapter beside a model's adapters and never replaces one. Pass another `adapter_name=` to the "
+            "InjectionCallback."
+        )
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    active = {name: list(layer.active_adapters) for name, layer in _lora_layers(model).items()}
     config = LoraConfig(
         r=record.r,
         lora_alpha=record.lora_alpha,
@@ -136,7 +170,10 @@ def inject_lora(model: nn.Module, record: InjectionRecord) -> list[nn.Parameter]
         bias="none",
     )
     before = {id(p) for p in model.parameters()}
-    inject_adapter_in_model(config, model)
+    inject_adapter_in_model(config, model, adapter_name=record.adapter_name)
+    for name, layer in _lora_layers(model).items():  # peft activates only the new adapter: keep the others active
+        ours = [record.adapter_name] if record.adapter_name in layer.lora_A else []
+        layer.set_adapter([*active.get(name, []), *ours])
     keep = tuple(f"{m}." for m in record.keep_trainable)
     for name, p in model.named_parameters():
         if id(p) not in before:
@@ -149,13 +186,15 @@ def inject_lora(model: nn.Module, record: InjectionRecord) -> list[nn.Parameter]
 
 
 def export_adapters(model: nn.Module, record: InjectionRecord, directory: str | Path, merged: bool = False) -> Path:
-    """Save the adapters in peft's format (``adapter_config.json`` + ``adapter_model.safetensors``).
+    """Save our adapter in peft's format (``adapter_config.json`` + ``adapter_model.safetensors``).
 
-    ``PeftModel.from_pretrained(fresh_base_model, directory)`` loads them back, with the kept modules (task head)
-    as ``modules_to_save``. With ``merged=True`` a ``merged/`` folder also gets the full model with LoRA merged
-    into the base weights (``save_pretrained`` of a copy), loadable with no peft at all.
+    The LoRA tensors come from peft's ``get_peft_model_state_dict`` for ``record.adapter_name`` only (a user's own
+    adapters are theirs to save). ``PeftModel.from_pretrained(fresh_base_model, directory)`` loads them back, with
+    the kept modules (task head) as ``modules_to_save``. With ``merged=True`` a ``merged/`` folder also gets the
+    full model with every active LoRA adapter merged into the base weights (``save_pretrained`` of a copy), loadable
+    with no peft at all.
     """
-    from peft import LoraConfig
+    from peft import LoraConfig, get_peft_model_state_dict
     from safetensors.torch import save_file
 
     directory = Path(directory)
@@ -171,15 +210,9 @@ def export_adapters(model: nn.Module, record: InjectionRecord, directory: str | 
     )
     config.save_pretrained(str(directory))
     keep = tuple(f"{m}." for m in record.keep_trainable)
-    tensors = {}
-    for name, p in model.state_dict().items():
-        if ".lora_" in name:
-            key = name.replace(".default.", ".")
-        elif name.startswith(keep):
-            key = name
-        else:
-            continue
-        tensors[f"base_model.model.{key}"] = p.detach().cpu().contiguous()
+    state = get_peft_model_state_dict(model, adapter_name=record.adapter_name)
+    state.update({name: p for name, p in model.state_dict().items() if name.startswith(keep)})
+    tensors = {f"base_model.model.{key}": p.detach().cpu().contiguous() for key, p in state.items()}
     save_file(tensors, str(directory / "adapter_model.safetensors"))
     (directory / "inflect_injection.json").write_text(json.dumps(record.to_dict(), indent=2))
     if merged:
