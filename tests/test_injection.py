@@ -255,7 +255,7 @@ def test_empty_selection_policies(trainer_factory):
 
 def test_injection_beyond_max_steps_warns(trainer_factory):
     inj = InjectionCallback(layers=[0], at_step=10)
-    with pytest.warns(UserWarning, match="no injection will happen"):
+    with pytest.warns(UserWarning, match="No injection will happen"):
         trainer_factory([inj], max_steps=3).fit(ClsModule(tiny_model("bert")), loader(32))
     assert not inj.injected
 

@@ -112,11 +112,11 @@ def test_export_dir_that_is_a_file_fails_at_setup(trainer_factory, tmp_path):
 
 def test_no_injection_within_max_epochs_warns_at_fit_start(trainer_factory):
     inj = InjectionCallback(layers=[1], at_epoch=5)
-    with pytest.warns(UserWarning, match=r"epoch 5, but training stops after max_epochs=2.*no injection"):
+    with pytest.warns(UserWarning, match=r"epoch 5, but training stops after max_epochs=2.*No injection"):
         trainer_factory([inj], max_steps=-1, max_epochs=2).fit(ClsModule(tiny_model("bert")), loader(16))
     assert not inj.injected
     late = InjectionCallback(layers=[1], at_step=7)
-    with pytest.warns(UserWarning, match=r"this fit plans 4 optimizer steps: no injection will happen"):
+    with pytest.warns(UserWarning, match=r"this fit plans 4 optimizer steps\..*No injection will happen"):
         trainer_factory([late], max_steps=-1, max_epochs=2).fit(ClsModule(tiny_model("bert")), loader(16))
 
 

@@ -38,6 +38,7 @@ from lightning_inflect.functional import cka_from_hsic, grouped_grad_norms, hsic
 from lightning_inflect.injection import (
     ADAPTER_NAME,
     InjectionRecord,
+    InjectionSchedule,
     add_parameter_group,
     count_trainable,
     drop_frozen_parameters,
@@ -167,18 +168,7 @@ class InjectionCallback(Callback):
         adapter_name: str = ADAPTER_NAME,
         probe_inputs: Callable[[Any], Mapping[str, Any]] | None = None,
     ) -> None:
-        when = {"at_step": at_step, "at_epoch": at_epoch, "at_fraction": at_fraction}
-        given = [k for k, v in when.items() if v is not None]
-        if len(given) != 1:
-            raise ValueError(
-                "Expected exactly one of `at_step`, `at_epoch`, `at_fraction` but got "
-                f"{'none' if not given else ', '.join(f'{k}={when[k]!r}' for k in given)}. "
-                "For example `at_fraction=0.3` injects after 30% of the planned optimizer steps."
-            )
-        check_int("at_step", at_step, low=0, optional=True)
-        check_int("at_epoch", at_epoch, low=0, optional=True)
-        if at_fraction is not None:
-            check_number("at_fraction", at_fraction, 0.0, 1.0, open_low=True, open_high=True)
+        self.schedule = InjectionSchedule(at_step, at_epoch, at_fraction, min_step=1 if auto is True else 0)
         for name, flag in (("auto", auto), ("include_mlp", include_mlp), ("freeze_backbone", freeze_backbone),
                            ("export", export), ("export_merged", export_merged)):  # fmt: skip
             check_bool(name, flag)
@@ -237,7 +227,6 @@ class InjectionCallback(Callback):
 
         self.record: InjectionRecord | None = None
         self.selection: Selection | None = None
-        self.planned_step: int | None = None
         self.export_path: Path | None = None
         self._hf_model: torch.nn.Module | None = None
         self._info: LayerInfo | None = None
@@ -252,6 +241,15 @@ class InjectionCallback(Callback):
     @property
     def state_key(self) -> str:
         return self._generate_state_key(at_step=self.at_step, at_epoch=self.at_epoch, at_fraction=self.at_fraction)
+
+    @property
+    def planned_step(self) -> int | None:
+        """The optimizer step the injection is planned at, once known (see :class:`InjectionSchedule`)."""
+        return self.schedule.planned_step
+
+    @planned_step.setter
+    def planned_step(self, step: int | None) -> None:
+        self.schedule.planned_step = step
 
     @property
     def injected(self) -> bool:
@@ -376,45 +374,17 @@ class InjectionCallback(Callback):
             self._rewrap_ddp(trainer)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.at_step is not None:
-            self.planned_step = self.at_step
-        elif self.at_fraction is not None:
-            total = trainer.estimated_stepping_batches
-            if not math.isfinite(total):
-                raise ValueError(
-                    "`at_fraction` needs a known number of optimizer steps, but the Trainer's is unbounded: set "
-                    "`max_steps` or `max_epochs`, or use `at_step=`."
-                )
-            self.planned_step = max(1 if self.auto else 0, round(self.at_fraction * total))
-        self._warn_if_too_late(trainer)
-
-    def _warn_if_too_late(self, trainer: pl.Trainer) -> None:
-        if self.injected:
-            return
-        if self.planned_step is not None and trainer.max_steps > 0 and self.planned_step >= trainer.max_steps:
-            rank_zero_warn(
-                f"InjectionCallback plans to inject at optimizer step {self.planned_step}, but training stops at "
-                f"max_steps={trainer.max_steps}: no injection will happen. Lower `at_step`/`at_fraction`."
-            )
-        elif self.at_epoch is not None and trainer.max_epochs is not None and 0 <= trainer.max_epochs <= self.at_epoch:
-            rank_zero_warn(
-                f"InjectionCallback plans to inject at the start of epoch {self.at_epoch}, but training stops after "
-                f"max_epochs={trainer.max_epochs} (epochs 0 to {trainer.max_epochs - 1}): no injection will happen. "
-                "Lower `at_epoch`."
-            )
-        elif self.planned_step is not None:
-            total = trainer.estimated_stepping_batches
-            if math.isfinite(total) and self.planned_step >= total:
-                rank_zero_warn(
-                    f"InjectionCallback plans to inject at optimizer step {self.planned_step}, but this fit plans "
-                    f"{int(total)} optimizer steps: no injection will happen. Lower `at_step`/`at_fraction`."
-                )
+        total = trainer.estimated_stepping_batches
+        if not self.injected:
+            self.schedule.plan(total)
+            why = self.schedule.too_late(trainer.max_steps, trainer.max_epochs, total)
+            if why:
+                rank_zero_warn(f"InjectionCallback plans to inject {why} No injection will happen in this fit.")
 
     # -------------------------------------------------------------------------------------------- when to act
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._boundary = True
-        if self.at_epoch is not None and self.planned_step is None and trainer.current_epoch >= self.at_epoch:
-            self.planned_step = trainer.global_step
+        self.schedule.on_epoch_start(trainer.current_epoch, trainer.global_step)
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int):
         step = trainer.global_step
@@ -430,7 +400,7 @@ class InjectionCallback(Callback):
                 self._grad_capture = ActivationGradCapture(self._info.blocks, range(self._info.num_layers))
                 self._grad_capture.arm()
             self._grad_capture.new_micro_batch()
-        if self._boundary and (step >= self.planned_step or self._trigger_fired(trainer)):
+        if self._boundary and (self.schedule.due(step) or self._trigger_fired(trainer)):
             if (
                 self.auto
                 and self._grad_capture is None
@@ -438,7 +408,7 @@ class InjectionCallback(Callback):
             ):
                 # The selector needs gradients nobody logged and this step was not foreseen (at_epoch, a trigger,
                 # step 0): probe this step's backward and inject at the next one.
-                self.planned_step = step + 1
+                self.schedule.postpone_to(step + 1)
                 self._grad_capture = ActivationGradCapture(self._info.blocks, range(self._info.num_layers))
                 self._grad_capture.arm()
                 self._grad_capture.new_micro_batch()

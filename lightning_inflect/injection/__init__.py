@@ -12,10 +12,12 @@ from lightning_inflect.injection.lora import (
     resolve_targets,
 )
 from lightning_inflect.injection.optim import add_parameter_group, drop_frozen_parameters, extend_scheduler
+from lightning_inflect.injection.schedule import InjectionSchedule
 
 __all__ = [
     "ADAPTER_NAME",
     "InjectionRecord",
+    "InjectionSchedule",
     "add_parameter_group",
     "count_trainable",
     "drop_frozen_parameters",
