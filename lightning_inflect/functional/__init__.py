@@ -18,7 +18,7 @@ from lightning_inflect.functional.entropy import (
     reduce_entropy,
 )
 from lightning_inflect.functional.heatmap import heatmap_image
-from lightning_inflect.functional.norms import grouped_grad_norms, per_example_norm
+from lightning_inflect.functional.norms import gradient_drop, grouped_grad_norms, per_example_norm
 
 __all__ = [
     "EntropySums",
@@ -27,6 +27,7 @@ __all__ = [
     "entropy_from_probs",
     "entropy_from_qk",
     "entropy_from_scores",
+    "gradient_drop",
     "grouped_grad_norms",
     "heatmap_image",
     "hsic_terms",

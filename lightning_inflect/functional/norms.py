@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["grouped_grad_norms", "per_example_norm"]
+__all__ = ["gradient_drop", "grouped_grad_norms", "per_example_norm"]
 
 
 def per_example_norm(t: Tensor) -> Tensor:
@@ -61,3 +61,21 @@ def _group_index(sizes: tuple[int, ...], device: torch.device) -> Tensor:
     """Group id of each flattened tensor, built once per layout and device (no host-to-device copy per call)."""
     repeats = torch.tensor(sizes, device=device)
     return torch.repeat_interleave(torch.arange(len(sizes), device=device), repeats, output_size=sum(sizes))
+
+
+def gradient_drop(norms: Tensor) -> Tensor:
+    """How much the activation gradient shrinks crossing each block backwards: ``log g[l+1] - log g[l]``, in nats.
+
+    The one definition used by the SKI selector and the suppression trigger. Over the last axis, ``(..., L)`` norms
+    give ``(..., L - 1)`` drops (block ``l``'s drop for ``l < L - 1``). NaN where either norm is missing (NaN) or
+    negative; a zero norm counts as the smallest positive float, so a gradient that vanished entirely drops the most.
+
+    Example:
+        >>> gradient_drop(torch.tensor([1.0, 2.0, 2.0, float("nan")]))
+        tensor([0.6931, 0.0000,    nan])
+        >>> bool(gradient_drop(torch.tensor([0.0, 1.0]))[0] > 80)
+        True
+    """
+    g = torch.where(norms < 0, torch.full_like(norms, float("nan")), norms)
+    log_g = g.clamp_min(torch.finfo(g.dtype).tiny).log()
+    return log_g[..., 1:] - log_g[..., :-1]

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from lightning_inflect.functional.norms import gradient_drop
 from lightning_inflect.selection.base import (
     History,
     Selection,
@@ -67,16 +68,10 @@ def minmax(x: Tensor) -> Tensor:
 
 
 def _grad_drop(act_grad: Tensor) -> Tensor:
-    """``log g_{l+1} - log g_l`` for l < L - 1 and 0 for the last block; NaN where a norm is missing or negative.
-
-    A zero norm is clamped to the smallest positive float, so that a block no gradient reaches scores the highest drop.
-    """
-    g = torch.where(act_grad < 0, torch.full_like(act_grad, math.nan), act_grad)
-    log_g = g.clamp_min(torch.finfo(g.dtype).tiny).log()
-    drop = torch.zeros_like(log_g)
-    drop[:-1] = log_g[1:] - log_g[:-1]
-    drop[-1] = torch.where(torch.isfinite(log_g[-1]), 0.0, math.nan)
-    return drop
+    """:func:`~lightning_inflect.functional.gradient_drop` for l < L - 1, and 0 for the last block (NaN when its
+    norm is missing or negative)."""
+    last = torch.where((act_grad[-1:] >= 0), 0.0, math.nan).to(act_grad.dtype)
+    return torch.cat([gradient_drop(act_grad), last])
 
 
 def ski_scores(entropy: Tensor, act_grad: Tensor, a: float = 0.5) -> Tensor:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import torch
+
+from lightning_inflect.functional.norms import gradient_drop
 from lightning_inflect.validation import check_int, check_number
 
 __all__ = ["GradientSuppressionTrigger"]
@@ -51,12 +54,9 @@ class GradientSuppressionTrigger:
 
     @staticmethod
     def drops(act_grad_norms: Sequence[float]) -> list[float]:
-        """``log g_{l+1} - log g_l`` for each block but the last (NaN where a norm is missing or not positive)."""
-        logs = [
-            math.log(g) if isinstance(g, (int, float)) and math.isfinite(g) and g > 0 else math.nan
-            for g in act_grad_norms
-        ]
-        return [logs[i + 1] - logs[i] for i in range(len(logs) - 1)]
+        """:func:`~lightning_inflect.functional.gradient_drop` of one row: ``log g_{l+1} - log g_l`` for each block
+        but the last (NaN where a norm is missing or negative; a zero norm drops the most)."""
+        return gradient_drop(torch.tensor([float(g) for g in act_grad_norms], dtype=torch.float64)).tolist()
 
     def update(self, act_grad_norms: Sequence[float]) -> bool:
         """Feed one logging step's per-block norms; True once suppression has lasted ``patience`` logs."""
