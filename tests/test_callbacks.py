@@ -28,7 +28,7 @@ def _all(every=2, **kw):
 
 
 def _flat(hist) -> list[float]:
-    return [v for row in hist["values"] for v in row]
+    return [v for row in hist.rows for v in row]
 
 
 def _events(path) -> EventAccumulator:
@@ -85,7 +85,7 @@ def test_every_key_reaches_tensorboard_and_csv(trainer_factory, tmp_path):
         rows = list(csv.DictReader(fh))
     got = [float(r["inflect/cka_drift/layer_02"]) for r in rows if r.get("inflect/cka_drift/layer_02")]
     assert got == pytest.approx([e.value for e in ea.Scalars("inflect/cka_drift/layer_02")], rel=1e-6)
-    assert got == pytest.approx([v[2] for v in cbs[2].history["cka_drift"]["values"]], rel=1e-6)
+    assert got == pytest.approx([v[2] for v in cbs[2].history["cka_drift"].rows], rel=1e-6)
 
 
 class ForwardCounter(Callback):
@@ -121,7 +121,7 @@ def test_one_shared_probe_forward_per_logging_step(trainer_factory, accumulate, 
     assert counter.eval_forwards == len(logging_steps)
     for cb in cbs:
         key = next(iter(cb.history))
-        assert cb.history[key]["steps"] == logging_steps
+        assert cb.history[key].steps == logging_steps
 
 
 def test_activation_gradients_are_per_optimizer_step_under_accumulation(trainer_factory):
@@ -133,7 +133,7 @@ def test_activation_gradients_are_per_optimizer_step_under_accumulation(trainer_
         trainer.fit(ClsModule(tiny_model("bert", **NO_DROPOUT)), loader(48, batch_size=batch_size))
         results.append(mon.history)
     a, b = results
-    assert a["act_grad_norm"]["steps"] == b["act_grad_norm"]["steps"] == [0, 2]
+    assert a["act_grad_norm"].steps == b["act_grad_norm"].steps == [0, 2]
     assert _flat(a["param_grad_norm"]) == pytest.approx(_flat(b["param_grad_norm"]), rel=1e-4)
     # activation norms are per example, and the per-example gradient of the mean loss is the same in both runs
     assert _flat(a["act_grad_norm"]) == pytest.approx(_flat(b["act_grad_norm"]), rel=1e-4)
@@ -156,7 +156,7 @@ def test_parameter_gradient_norms_match_naive_reference(trainer_factory):
     mon, ref = GradientNormMonitor(every_n_steps=1, norms=["parameter"]), NaiveGradReference()
     trainer = trainer_factory([mon, ref], max_steps=3)
     trainer.fit(ClsModule(tiny_model("bert")), loader(32))
-    for step, values in zip(mon.history["param_grad_norm"]["steps"], mon.history["param_grad_norm"]["values"]):
+    for step, values in zip(mon.history["param_grad_norm"].steps, mon.history["param_grad_norm"].rows):
         assert values == pytest.approx(ref.values[step], rel=1e-5)
     assert "act_grad_norm" not in mon.history
 
@@ -241,7 +241,7 @@ def test_state_survives_checkpoint_and_resume(trainer_factory, tmp_path):
     resumed = run(7, ckpt_path=ckpt)
     for a, b in zip(full, resumed):
         for metric, hist in a.history.items():
-            assert b.history[metric]["steps"] == hist["steps"] == list(range(7))
+            assert b.history[metric].steps == hist.steps == list(range(7))
             assert _flat(b.history[metric]) == pytest.approx(_flat(hist), rel=1e-5, abs=1e-7), metric
     assert resumed[2].reference_step == 0
     assert len(full[2].reference) == len(resumed[2].reference) == 1  # one probe batch: (blocks, examples, hidden)
@@ -303,7 +303,7 @@ def test_ambiguous_or_missing_models_fail_at_setup(trainer_factory):
     # the explicit choice works
     mon = AttentionEntropyMonitor(every_n_steps=1, model_attr="teacher")
     trainer_factory([mon], max_steps=1).fit(TwoModels(), loader(16))
-    assert mon.history["attn_entropy"]["steps"] == [0]
+    assert mon.history["attn_entropy"].steps == [0]
 
 
 def test_undiscoverable_blocks_fail_at_setup(trainer_factory):
@@ -335,7 +335,7 @@ def test_tuple_batches_need_probe_inputs(trainer_factory):
         trainer_factory([CKADriftMonitor()]).fit(TupleBatches(tiny_model("bert")), _tuple_loader())
     mon = CKADriftMonitor(every_n_steps=1, probe_inputs=lambda b: {"input_ids": b[0], "attention_mask": b[1]})
     trainer_factory([mon], max_steps=2).fit(TupleBatches(tiny_model("bert")), _tuple_loader())
-    assert mon.history["cka_drift"]["steps"] == [0, 1]
+    assert mon.history["cka_drift"].steps == [0, 1]
 
 
 def test_monitors_must_agree_on_the_probe(trainer_factory):
@@ -348,7 +348,7 @@ def test_no_logger_warns_and_keeps_history(trainer_factory):
     mon = GradientNormMonitor(every_n_steps=1)
     with pytest.warns(UserWarning, match="has no logger"):
         trainer_factory([mon], max_steps=2).fit(ClsModule(tiny_model("bert")), loader(16))
-    assert mon.history["param_grad_norm"]["steps"] == [0, 1]
+    assert mon.history["param_grad_norm"].steps == [0, 1]
 
 
 class NanLoss(ClsModule):
@@ -365,7 +365,7 @@ def test_nan_gradients_are_logged_with_one_warning(trainer_factory, tmp_path):
         trainer_factory([mon], [tb], max_steps=4).fit(NanLoss(tiny_model("bert")), loader(64))
     nonfinite = [w for w in caught if "non-finite `param_grad_norm`" in str(w.message)]
     assert len(nonfinite) == 1
-    values = mon.history["param_grad_norm"]["values"]
+    values = mon.history["param_grad_norm"].rows
     assert all(math.isfinite(v) for v in values[0]) and all(math.isnan(v) for v in values[2])
     assert math.isnan(_events(tb.log_dir).Scalars("inflect/param_grad_norm/layer_00")[2].value)
 
@@ -376,5 +376,5 @@ def test_given_probe_and_selected_layers(trainer_factory):
     mon = AttentionEntropyMonitor(every_n_steps=1, layers=[-1], probe=probe)
     cka = CKADriftMonitor(every_n_steps=1, layers=[0, 2], probe=probe, basis="joint", unbiased=False)
     trainer_factory([mon, cka], max_steps=2).fit(ClsModule(tiny_model("llama")), loader(16))
-    assert mon.layers == [2] and len(mon.history["attn_entropy"]["values"][0]) == 1
-    assert cka.layers == [0, 2] and len(cka.history["cka_drift"]["values"][1]) == 2
+    assert mon.layers == [2] and len(mon.history["attn_entropy"].rows[0]) == 1
+    assert cka.layers == [0, 2] and len(cka.history["cka_drift"].rows[1]) == 2

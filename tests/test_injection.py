@@ -172,7 +172,7 @@ def test_auto_uses_attached_monitor_history(trainer_factory):
 
     inj = InjectionCallback(auto=True, selector=GradientProbe(k=1, window=2), at_step=3)
     trainer_factory([mon, inj], max_steps=4).fit(ClsModule(tiny_model("bert")), loader(64))
-    values = torch.tensor(mon.history["param_grad_norm"]["values"][1:3]).mean(0)
+    values = torch.tensor(mon.history["param_grad_norm"].rows[1:3]).mean(0)
     assert inj.record.layers == [int(values.argmax())]
 
 
@@ -393,7 +393,7 @@ def test_monitors_after_injection_report_frozen_blocks_honestly(trainer_factory)
     messages = [str(w.message) for w in caught]
     assert any("no gradient reached the outputs of blocks [0]" in m for m in messages)
     assert not any("non-finite `act_grad_norm`" in m for m in messages)
-    act, param = mon.history["act_grad_norm"]["values"], mon.history["param_grad_norm"]["values"]
+    act, param = mon.history["act_grad_norm"].rows, mon.history["param_grad_norm"].rows
     assert all(math.isfinite(v) and v > 0 for v in act[1])  # before the injection: every block
     assert math.isnan(act[3][0]) and act[3][1] > 0 and act[3][2] > 0
     assert param[3][0] == 0.0 and param[3][2] == 0.0 and param[3][1] > 0

@@ -68,7 +68,7 @@ def _naive_ski(entropy: list[float], act_grad: list[float], a: float = 0.5) -> l
 
 
 def _window_mean(history: dict, before_or_at: int, window: int) -> list[float]:
-    rows = [v for s, v in zip(history["steps"], history["values"]) if s <= before_or_at][-window:]
+    rows = [v for s, v in zip(history.steps, history.rows) if s <= before_or_at][-window:]
     assert len(rows) == window
     return [sum(col) / window for col in zip(*rows)]
 
@@ -153,8 +153,8 @@ def test_auto_injection_on_minilm_mid_training(tmp_path):
 
     # --- gradient norms: every block before, only the chosen blocks after -----------------------------------------
     pgn = grads.history["param_grad_norm"]
-    assert pgn["steps"] == list(range(MAX_STEPS))
-    for step, row in zip(pgn["steps"], pgn["values"]):
+    assert pgn.steps == list(range(MAX_STEPS))
+    for step, row in zip(pgn.steps, pgn.rows):
         assert len(row) == NUM_LAYERS and all(math.isfinite(v) for v in row), step
         for layer, v in enumerate(row):
             if step < AT_STEP or layer in layers:
@@ -162,7 +162,7 @@ def test_auto_injection_on_minilm_mid_training(tmp_path):
             else:
                 assert v == 0, (step, layer, v)  # nothing trainable left in that block
     agn = grads.history["act_grad_norm"]
-    for step, row in zip(agn["steps"], agn["values"]):
+    for step, row in zip(agn.steps, agn.rows):
         # the backward still crosses every block from the head down to the lowest adapted one
         low = 0 if step < AT_STEP else min(layers)
         assert all(math.isfinite(v) and v > 0 for v in row[low:]), (step, row)

@@ -55,13 +55,13 @@ def test_two_entropy_monitors_with_different_reductions_each_log_their_own(train
     mask = snap.batch["attention_mask"]
     for layer in range(3):
         attn = snap.out[0].attentions[layer]
-        assert token.history["attn_entropy"]["values"][0][layer] == pytest.approx(
+        assert token.history["attn_entropy"].rows[0][layer] == pytest.approx(
             _entropy_reference(attn, mask, "token"), abs=1e-4
         )
-        assert example.history["attn_entropy"]["values"][0][layer] == pytest.approx(
+        assert example.history["attn_entropy"].rows[0][layer] == pytest.approx(
             _entropy_reference(attn, mask, "example"), abs=1e-4
         )
-    assert token.history["attn_entropy"]["values"] != example.history["attn_entropy"]["values"]
+    assert token.history["attn_entropy"].rows != example.history["attn_entropy"].rows
 
 
 def _pool(h, mask, pooling):
@@ -109,9 +109,9 @@ def test_cka_drift_uses_its_own_pooling(trainer_factory, pooling):
         ref = _pool(snap.out[0].hidden_states[layer + 1], mask, pooling)
         now = _pool(snap.out[2].hidden_states[layer + 1], mask, pooling)
         expected = _naive_drift(ref, now, 4)
-        assert cka.history["cka_drift"]["values"][1][layer] == pytest.approx(expected, abs=1e-5), layer
+        assert cka.history["cka_drift"].rows[1][layer] == pytest.approx(expected, abs=1e-5), layer
         assert abs(expected) > 1e-4  # the weights moved: a real value, not 0
-    assert cka.history["cka_drift"]["values"][1] != other.history["cka_drift"]["values"][1]
+    assert cka.history["cka_drift"].rows[1] != other.history["cka_drift"].rows[1]
 
 
 def test_monitors_reused_for_a_second_fit_start_afresh(trainer_factory):
@@ -121,10 +121,10 @@ def test_monitors_reused_for_a_second_fit_start_afresh(trainer_factory):
     first_reference = cka.reference[0].clone()
     # a second fit with another probe batch size: step 0 is logged again, against a new reference
     trainer_factory([entropy, cka], max_steps=3).fit(ClsModule(tiny_model("bert", seed=1)), loader(24, batch_size=6))
-    assert entropy.history["attn_entropy"]["steps"] == [0, 2]
-    assert cka.history["cka_drift"]["steps"] == [0, 2]
+    assert entropy.history["attn_entropy"].steps == [0, 2]
+    assert cka.history["cka_drift"].steps == [0, 2]
     assert cka.reference_step == 0 and cka.reference[0].shape[1] == 6 != first_reference.shape[1]
-    assert cka.history["cka_drift"]["values"][0] == pytest.approx([0.0] * 3, abs=1e-9)  # the reference itself
+    assert cka.history["cka_drift"].rows[0] == pytest.approx([0.0] * 3, abs=1e-9)  # the reference itself
 
 
 def test_monitors_that_would_log_the_same_keys_fail_at_setup(trainer_factory):
@@ -180,7 +180,7 @@ def test_entropy_monitor_on_a_model_outside_the_interface_end_to_end(trainer_fac
     monitor = AttentionEntropyMonitor(every_n_steps=1, normalized=True)
     trainer = trainer_factory([Counter(), monitor], max_steps=3)
     trainer.fit(ClsModule(tiny_no_interface("gpt_neo", pad_token_id=0)), loader(24))
-    assert monitor.history["attn_entropy"]["steps"] == [0, 1, 2]
-    values = [v for row in monitor.history["attn_entropy_normalized"]["values"] for v in row]
+    assert monitor.history["attn_entropy"].steps == [0, 1, 2]
+    values = [v for row in monitor.history["attn_entropy_normalized"].rows for v in row]
     assert all(0.0 < v <= 1.0 for v in values)
     assert Counter.eval_forwards == 4  # 2 at the first probe (interface tried, then probabilities), then 1 each

@@ -58,7 +58,7 @@ def test_at_most_two_host_transfers_per_logging_step_whatever_the_depth(tmp_path
         counter, monitors = _fit(tmp_path / str(layers), layers)
         logging_steps = [0, 2, 4]
         for m in monitors:  # every value of every logging step arrived
-            assert all(h["steps"] == logging_steps for h in m.history.values())
+            assert all(h.steps == logging_steps for h in m.history.values())
         calls = list(zip(counter.steps, counter.calls, counter.where))
         per_step = {s: [c for c in calls if c[0] == s] for s in range(-1, 6)}
         for step, at_step in per_step.items():

@@ -16,6 +16,7 @@ from lightning_inflect.architectures import check_layer_indices
 from lightning_inflect.callbacks.session import ProbeSession
 from lightning_inflect.capture import ProbeRequest
 from lightning_inflect.functional import heatmap_image
+from lightning_inflect.history import MetricHistory
 from lightning_inflect.validation import check_callable, check_int, check_str
 
 __all__ = ["OVERHEAD_KEY", "layer_key"]
@@ -90,7 +91,7 @@ class _InflectMonitor(Callback):
 
     def _reset_fit_state(self) -> None:
         """Forget everything of a previous fit (called in ``setup``; a resumed fit then loads its state)."""
-        self.history: dict[str, dict[str, list]] = {m: {"steps": [], "values": []} for m in self.metrics}
+        self.history: dict[str, MetricHistory] = {m: MetricHistory(tuple(self.layers)) for m in self.metrics}
         self._last_probe_step: int | None = None
         self._heatmap_at: dict[str, int] = {}  # metric -> number of logs when its heatmap was last written
 
@@ -124,9 +125,9 @@ class _InflectMonitor(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        self._reset_fit_state()
         self._session = ProbeSession.attach(trainer, pl_module, self)
         self.layers = check_layer_indices(self.layers_arg, self._session.info.num_layers)
+        self._reset_fit_state()
         if not trainer.loggers:
             self._warn_once(
                 "no_logger",
@@ -167,8 +168,8 @@ class _InflectMonitor(Callback):
         if not self.heatmap_every_n_logs or not trainer.is_global_zero:
             return
         for metric, hist in self.history.items():
-            if hist["steps"] and self._heatmap_at.get(metric) != len(hist["steps"]):
-                self._write_heatmap(trainer, metric, hist["steps"][-1])
+            if hist.steps and self._heatmap_at.get(metric) != len(hist):
+                self._write_heatmap(trainer, metric, hist.steps[-1])
 
     def on_probe(self, trainer: pl.Trainer, session: ProbeSession, step: int) -> None:
         """Called once per logging step when the probe is available (monitors that use it)."""
@@ -214,9 +215,8 @@ class _InflectMonitor(Callback):
                 "This warning is shown once; the values keep being logged as they are.",
             )
         hist = self.history[metric]
-        hist["steps"].append(step)
-        hist["values"].append(values)
-        n = len(hist["steps"])
+        hist.append(step, values)
+        n = len(hist)
         if self.heatmap_every_n_logs and n % self.heatmap_every_n_logs == 0 and trainer.is_global_zero:
             self._write_heatmap(trainer, metric, step)
         return {layer_key(self.log_key_prefix, metric, i): v for i, v in zip(self.layers, values)}
@@ -228,8 +228,8 @@ class _InflectMonitor(Callback):
         writers = self._tensorboard(trainer)
         if not writers:
             return
-        self._heatmap_at[metric] = len(self.history[metric]["values"])
-        values = torch.tensor(self.history[metric]["values"], dtype=torch.float32).T  # (layers, logs)
+        self._heatmap_at[metric] = len(self.history[metric])
+        values = self.history[metric].full().float().T  # (layers, logs)
         image = heatmap_image(values)
         for w in writers:
             w.add_image(f"{self.log_key_prefix}/heatmap/{metric}", image, global_step=step, dataformats="CHW")
@@ -266,7 +266,8 @@ class _InflectMonitor(Callback):
     def state_dict(self) -> dict[str, Any]:
         if self._session is not None:
             self._session.flush()  # values still on the device belong in the checkpoint's history
-        state: dict[str, Any] = {"history": self.history, "last_probe_step": self._last_probe_step}
+        history = {metric: hist.state() for metric, hist in self.history.items()}
+        state: dict[str, Any] = {"history": history, "last_probe_step": self._last_probe_step}
         if self.uses_probe and self._session is not None:
             state["probe"] = self._session.probe_state()
         return state
@@ -274,7 +275,7 @@ class _InflectMonitor(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         for metric, hist in state_dict.get("history", {}).items():
             if metric in self.history:
-                self.history[metric] = {"steps": list(hist["steps"]), "values": [list(v) for v in hist["values"]]}
+                self.history[metric] = MetricHistory.from_state(hist, blocks=self.layers)
         self._last_probe_step = state_dict.get("last_probe_step")
         probe = state_dict.get("probe")
         if probe and self._session is not None and not self._session.probe_complete:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -35,6 +34,7 @@ from lightning_inflect.capture import (
     to_device,
 )
 from lightning_inflect.functional import cka_from_hsic, grouped_grad_norms, hsic_terms
+from lightning_inflect.history import MetricHistory
 from lightning_inflect.injection import (
     ADAPTER_NAME,
     InjectionRecord,
@@ -437,14 +437,14 @@ class InjectionCallback(Callback):
         if self.trigger is None:
             return False
         logged = max(
-            (len(cb.history["act_grad_norm"]["steps"]) for cb in trainer.callbacks
+            (len(cb.history["act_grad_norm"]) for cb in trainer.callbacks
              if isinstance(cb, _InflectMonitor) and "act_grad_norm" in cb.history),
             default=0,
         )  # fmt: skip
         if logged <= self._trigger_rows:  # nothing new: stay off the per-batch path
             return False
         hist = self._monitor_history(trainer, "act_grad_norm")
-        rows = hist["values"] if hist else []
+        rows = hist.rows if hist else []
         fired = False
         for row in rows[self._trigger_rows :]:
             fired = self.trigger.update(row) or fired
@@ -454,19 +454,12 @@ class InjectionCallback(Callback):
         return fired
 
     # ----------------------------------------------------------------------------------------------- decide
-    def _monitor_history(self, trainer: pl.Trainer, metric: str) -> dict | None:
-        n = self._info.num_layers
+    def _monitor_history(self, trainer: pl.Trainer, metric: str) -> MetricHistory | None:
+        """The first attached monitor's history of ``metric``, over all blocks (NaN where it does not monitor)."""
         flush_monitors(trainer)  # values the monitors still hold on the device
         for cb in trainer.callbacks:
-            if isinstance(cb, _InflectMonitor) and metric in cb.history and cb.history[metric]["steps"]:
-                hist = cb.history[metric]
-                rows = []
-                for values in hist["values"]:
-                    row = [math.nan] * n
-                    for layer, v in zip(cb.layers, values):
-                        row[layer] = v
-                    rows.append(row)
-                return {"steps": list(hist["steps"]), "values": rows}
+            if isinstance(cb, _InflectMonitor) and metric in cb.history and len(cb.history[metric]):
+                return cb.history[metric].over(self._info.num_layers)
         return None
 
     def _model_inputs(self, batch: Any) -> dict[str, Any]:
@@ -520,25 +513,28 @@ class InjectionCallback(Callback):
             )
             rank_zero_info(f"InjectionCallback: adapters saved in {self.export_path}")
 
-    def _history(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, step: int) -> dict:
+    def _history(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, step: int
+    ) -> dict[str, MetricHistory]:
         needed = set(self.selector.requires)
         if self.fallback_selector is not None:
             needed |= set(self.fallback_selector.requires)
-        history: dict[str, dict] = {}
+        history: dict[str, MetricHistory] = {}
+        blocks = tuple(range(self._info.num_layers))
         probe_metrics = []
         for metric in sorted(needed):
             hist = self._monitor_history(trainer, metric)
             if hist is not None:
                 history[metric] = hist
             elif metric in self._own_grads:
-                history[metric] = {"steps": [step - 1], "values": [self._own_grads[metric]]}
+                history[metric] = MetricHistory(blocks, [step - 1], [self._own_grads[metric]])
             elif metric in ("attn_entropy", "attn_entropy_normalized", "cka_importance"):
                 probe_metrics.append(metric)
         if probe_metrics:
             history.update(self._own_probe(trainer, batch, step, probe_metrics))
         return history
 
-    def _own_probe(self, trainer: pl.Trainer, batch: Any, step: int, metrics: list[str]) -> dict:
+    def _own_probe(self, trainer: pl.Trainer, batch: Any, step: int, metrics: list[str]) -> dict[str, MetricHistory]:
         n = self._info.num_layers
         device = next(self._hf_model.parameters()).device
         inputs = to_device(self._model_inputs(batch), device)
@@ -552,18 +548,18 @@ class InjectionCallback(Callback):
             attention_modules=find_attention_modules(self._info),
             precision_context=trainer.precision_plugin.forward_context,
         )
-        out: dict[str, dict] = {}
+        out: dict[str, MetricHistory] = {}
         if "attn_entropy" in metrics or "attn_entropy_normalized" in metrics:
             sums = result.answer(entropy)
             values = torch.stack([sums.pooled_mean(), sums.pooled_normalized_mean()])
             ent, norm = values.tolist()
-            out["attn_entropy"] = {"steps": [step], "values": [ent]}
-            out["attn_entropy_normalized"] = {"steps": [step], "values": [norm]}
+            out["attn_entropy"] = MetricHistory(blocks, [step], [ent])
+            out["attn_entropy_normalized"] = MetricHistory(blocks, [step], [norm])
         if "cka_importance" in metrics:
             reps = torch.cat([result.answer(first_input)[0], result.answer(outputs)[0]])  # (n + 1, examples, hidden)
             unbiased = reps.shape[1] >= 4
             values = 1.0 - cka_from_hsic(hsic_terms(reps[:-1], reps[1:], unbiased))
-            out["cka_importance"] = {"steps": [step], "values": [values.tolist()]}
+            out["cka_importance"] = MetricHistory(blocks, [step], [values.tolist()])
         return out
 
     def _choose(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, step: int) -> Selection | None:

@@ -14,7 +14,15 @@ Example:
     'Uniform: all 2 blocks -> [0, 1]'
 """
 
-from lightning_inflect.selection.base import METRIC_SOURCES, History, MetricHistory, Selection, Selector, history_tensor
+from lightning_inflect.selection.base import (
+    METRIC_SOURCES,
+    History,
+    MetricHistory,
+    PlainHistory,
+    Selection,
+    Selector,
+    history_tensor,
+)
 from lightning_inflect.selection.rules import CKAImportance, GradientProbe, Manual, RandomK, TopK, Uniform
 from lightning_inflect.selection.ski import SKI, local_maxima_band, minmax, ski_scores
 from lightning_inflect.selection.trigger import GradientSuppressionTrigger
@@ -28,6 +36,7 @@ __all__ = [
     "History",
     "Manual",
     "MetricHistory",
+    "PlainHistory",
     "RandomK",
     "Selection",
     "Selector",

@@ -1,6 +1,8 @@
 """The selector interface, its result, and the history helpers every selector shares.
 
-A history is what the monitors keep in ``.history``, merged by metric name and laid out over all blocks::
+A history maps metric names to what the monitors keep in ``.history``: a
+:class:`~lightning_inflect.history.MetricHistory` per metric (spread over all ``num_layers`` blocks, NaN where a
+block is not monitored). Written by hand, a plain mapping works too::
 
     {"attn_entropy": {"steps": [100, 200], "values": [[2.1, 1.9, nan, 2.0], [2.0, 1.8, nan, 2.1]]}, ...}
 
@@ -20,15 +22,18 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lightning_inflect.history import MetricHistory
 from lightning_inflect.validation import check_int
 
-__all__ = ["METRIC_SOURCES", "History", "MetricHistory", "Selection", "Selector", "history_tensor"]
+__all__ = ["METRIC_SOURCES", "History", "MetricHistory", "PlainHistory", "Selection", "Selector", "history_tensor"]
 
-MetricHistory = Mapping[str, Sequence]
-"""``{"steps": [int, ...], "values": [[float per block], ...]}``; ``steps`` may be left out."""
+PlainHistory = Mapping[str, Sequence]
+"""A hand-written history: ``{"steps": [int, ...], "values": [[float per block], ...]}``; ``steps`` may be left
+out. Selectors take it as well as a :class:`~lightning_inflect.history.MetricHistory`."""
 
-History = Mapping[str, MetricHistory]
-"""Metric name -> its :data:`MetricHistory`."""
+History = Mapping[str, MetricHistory | PlainHistory]
+"""Metric name -> its :class:`~lightning_inflect.history.MetricHistory` (what the monitors keep) or a
+:data:`PlainHistory`."""
 
 METRIC_SOURCES: dict[str, str] = {
     "attn_entropy": "logged by `AttentionEntropyMonitor`: add one to the Trainer's callbacks",
@@ -152,6 +157,9 @@ def _gather(
             f"`{metric}` is {_source(metric)}."
         )
     hist = history[metric]
+    if isinstance(hist, MetricHistory):
+        spread = hist if hist.blocks == tuple(range(num_layers)) else hist.over(num_layers)
+        hist = {"steps": spread.steps, "values": spread.rows}
     if not isinstance(hist, Mapping) or "values" not in hist:
         raise ValueError(
             f"Expected the history of `{metric}` to be a mapping with 'steps' and 'values' but got "
