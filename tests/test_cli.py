@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from lightning_inflect.cli import main
-from lightning_inflect.experiments.harness import PRESETS, load_study_data
+from lightning_inflect.experiments import grid, source, transfer
+from lightning_inflect.experiments.config import PRESETS
+from lightning_inflect.experiments.study_data import load_study_data
 
 DATA = Path(os.environ.get("LIGHTNING_INFLECT_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
@@ -23,10 +25,10 @@ def _need_data():
 @pytest.mark.parametrize(
     ("command", "options"),
     [
-        ("demo", ["--data_dir", "--out", "--seed"]),
-        ("source", ["--regime", "--preset", "--model"]),
-        ("transfer", ["--strategy", "--source_ckpt", "--dedup_target"]),
-        ("grid", ["--preset", "--seeds", "--strategies", "--regimes", "--dedup_target", "--collect_only"]),
+        ("demo", ["--data_dir", "--out", "--seed", "--verbose"]),
+        ("source", ["--regime", "--preset", "--model", "--verbose"]),
+        ("transfer", ["--strategy", "--source_ckpt", "--dedup_target", "--verbose"]),
+        ("grid", ["--preset", "--seeds", "--strategies", "--regimes", "--dedup_target", "--collect_only", "--verbose"]),
         ("report", ["--out"]),
     ],
 )
@@ -68,6 +70,9 @@ def test_grid_via_cli_writes_tables_resumes_and_reruns_from_saved_config(tmp_pat
     )
     assert lora["trainable_params"] < full["trainable_params"] / 100
     assert len(lora["layers"]) == 2 and lora["reason"].startswith("SKI")
+    assert (lora["injected_at_step"], lora["diagnosis_step"]) == (0, PRESETS["tiny"].diagnose_steps)
+    assert (full["injected_at_step"], full["diagnosis_step"]) == (None, None)
+    assert full["source"] == lora["source"] == "../../../source/under/model"  # relative to the run folder
     assert 0.0 <= lora["test_acc"] <= 1.0 and 0.0 <= lora["test_acc_dedup"] <= 1.0
     for run_dir in (out / "under" / "full" / "seed0", out / "under" / "inflection-lora" / "seed0"):
         assert (run_dir / "config.json").is_file() and list((run_dir / "tb").glob("events.out.tfevents.*"))
@@ -96,7 +101,7 @@ def _saved_weights_reproduce_the_runs(out: Path, full: dict, lora: dict) -> None
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from lightning_inflect.experiments.harness import evaluate
+    from lightning_inflect.experiments.models import evaluate
 
     cfg = replace(PRESETS["tiny"], data_dir=str(DATA))
     test = load_study_data(cfg).target_test
@@ -137,13 +142,25 @@ def test_demo_on_the_synthetic_task(tmp_path):
     assert 0.0 <= summary["target_acc_before"] <= 1.0 and 0.0 <= summary["target_acc_after"] <= 1.0
     assert Path(summary["adapters"], "adapter_model.safetensors").is_file()
     assert list(Path(summary["tensorboard"]).glob("events.out.tfevents.*"))
-    assert json.loads((tmp_path / "demo" / "metrics.json").read_text())["layers"] == summary["layers"]
+    written = json.loads((tmp_path / "demo" / "metrics.json").read_text())
+    assert written["layers"] == summary["layers"]
+    assert (written["tensorboard"], written["adapters"], written["report"]) == ("tb", "inflect_adapters", "report.html")
+
+
+def test_demo_metrics_name_no_machine_path(tmp_path):
+    from lightning_inflect.experiments.demo import DemoData, _portable
+
+    (tmp_path / "data").mkdir()
+    data = DemoData([], [], [], f"Data from {tmp_path / 'data'}: SST-2 train", True, str(tmp_path / "data"))
+    summary = {"adapters": None, "tensorboard": str(tmp_path / "out" / "tb"), "report": None, "data": data.description}
+    (tmp_path / "out" / "tb").mkdir(parents=True)
+    assert _portable(summary, data, tmp_path / "out") == {
+        "adapters": None, "tensorboard": "tb", "report": None, "data": "Data from ../data: SST-2 train"
+    }  # fmt: skip
 
 
 def test_interrupted_grid_leaves_a_partial_table_and_resumes(tmp_path, monkeypatch):
     """The grid's bookkeeping alone: the training functions are replaced by ones that write a metrics.json."""
-    from lightning_inflect.experiments import harness
-
     _need_data()
     cfg = replace(PRESETS["tiny"], data_dir=str(DATA), strategies=["full", "shallow", "uniform-lora"])
     calls = []
@@ -159,16 +176,16 @@ def test_interrupted_grid_leaves_a_partial_table_and_resumes(tmp_path, monkeypat
         (run_dir / "metrics.json").write_text(json.dumps(metrics))
         return metrics
 
-    monkeypatch.setattr(harness, "train_source", lambda cfg, regime, out, data=None, **kw: out / "source")
-    monkeypatch.setattr(harness, "run_transfer", fake_transfer)
+    monkeypatch.setattr(source, "train_source", lambda cfg, regime, out, data=None, **kw: out / "source")
+    monkeypatch.setattr(transfer, "run_transfer", fake_transfer)
     out = tmp_path / "grid"
     with pytest.raises(KeyboardInterrupt):
-        harness.run_grid(cfg, out, progress=False)
+        grid.run_grid(cfg, out, progress=False)
     partial = json.loads((out / "results.json").read_text())
     assert (partial["complete"], partial["cells_done"], partial["cells_total"]) == (False, 1, 3)
     assert [r["strategy"] for r in partial["runs"]] == ["full"]
     assert (out / "results.md").read_text().startswith("**Partial: 1 of 3 cells finished.**")
-    harness.run_grid(cfg, out, progress=False)  # resumes: the finished cell is read back, not re-run
+    grid.run_grid(cfg, out, progress=False)  # resumes: the finished cell is read back, not re-run
     assert calls == ["full", "shallow", "shallow", "uniform-lora"]
     final = json.loads((out / "results.json").read_text())
     assert (final["complete"], final["cells_done"]) == (True, 3)
@@ -177,13 +194,11 @@ def test_interrupted_grid_leaves_a_partial_table_and_resumes(tmp_path, monkeypat
 
 
 def test_collect_only_builds_the_table_from_finished_cells_and_trains_nothing(tmp_path, monkeypatch, capsys):
-    from lightning_inflect.experiments import harness
-
     def must_not_run(*args, **kwargs):
         raise AssertionError("collect_only trained something")
 
-    monkeypatch.setattr(harness, "run_transfer", must_not_run)
-    monkeypatch.setattr(harness, "train_source", must_not_run)
+    monkeypatch.setattr(transfer, "run_transfer", must_not_run)
+    monkeypatch.setattr(source, "train_source", must_not_run)
     out = tmp_path / "grid"
     args = ["grid", "--preset", "tiny", "--out", str(out), "--collect-only", "--seeds", "[0, 1]"]
     with pytest.raises(FileNotFoundError, match="No finished cell"):
@@ -234,7 +249,9 @@ def test_source_then_transfer_commands(tmp_path, capsys):
     assert f"Source model (under): {model_dir}" in captured.out and "Epoch 0: 100%" in captured.out
     info = json.loads((model_dir.parent / "metrics.json").read_text())
     config = json.loads((model_dir.parent / "config.json").read_text())
-    assert (config["regime"], config["source_train_size"], config["data_dir"]) == ("under", 64, str(DATA))
+    assert (config["regime"], config["source_train_size"]) == ("under", 64)
+    assert not Path(config["data_dir"]).is_absolute()  # no machine path: relative to the run folder
+    assert (model_dir.parent / config["data_dir"]).resolve() == DATA.resolve()
     losses = _tb_scalars(model_dir.parent / "tb", "train_loss")
     assert len(losses) == 4 // PRESETS["tiny"].monitor_every and all(0 < v < 5 for v in losses)
     assert (info["epochs"], info["steps"]) == (1, 4)  # 64 sentences in batches of 16

@@ -75,8 +75,9 @@ def test_hub_pairs_equal_the_files(fake_hub, loader, split, hub_call):
 
 
 def test_env_var_selects_the_hub_and_the_study_sees_the_same_data(fake_hub, monkeypatch):
+    from lightning_inflect.experiments.config import PRESETS
     from lightning_inflect.experiments.demo import demo_data
-    from lightning_inflect.experiments.harness import PRESETS, load_study_data
+    from lightning_inflect.experiments.study_data import load_study_data
 
     monkeypatch.setenv(DATA_DIR_ENV_VAR, "hf-hub")
     assert is_hub(None) and load_sst2(None, "dev") == load_sst2(DATA, "dev")

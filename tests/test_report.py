@@ -17,12 +17,15 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 
 from lightning_inflect import AttentionEntropyMonitor, CKADriftMonitor, GradientNormMonitor, InjectionCallback
+from lightning_inflect.experiments import report
 from lightning_inflect.experiments.report import (
     NAN_COLOUR,
+    RunInfo,
     find_event_folders,
     heatmap_png,
     injection_step,
     read_run,
+    read_run_info,
     read_scalars,
     representative_run,
     to_matrix,
@@ -113,7 +116,8 @@ def test_reading_the_real_run(tiny_run):
     assert np.isnan(values[0, 2:]).all() and np.isfinite(values[1:]).all() and np.isfinite(values[0, :2]).all()
     logs = read_run(folder)
     assert injection_step(logs) == 2
-    assert logs.injection.blocks == [1]
+    assert logs.injection.step == 2 and "blocks [1]" in logs.injection.text
+    assert read_run_info(tiny_run) is None  # a plain Trainer run: no metrics.json
     assert logs.scalars["inflect/trainable_params"].keys() == {2}
 
 
@@ -171,17 +175,24 @@ def _synthetic_run(root, writer_cls):
         for step in range(6):
             w.add_scalar("inflect/act_grad_norm/layer_00", 1.0 + step, step)
             w.add_scalar("inflect/act_grad_norm/layer_00/head_01", 7.0, step)
-        w.add_text("inflect/injection", "Injected LoRA into blocks [1, 3]. <b>not bold</b>", 5)
+        w.add_text("inflect/injection", "Injected LoRA into blocks [1, 3]. <b>not bold</b>", 5)  # not read: JSON is
     with writer_cls(str(root / "tb")) as w:
         for step in (0, 10, 20):
             w.add_scalar("inflect/cka_drift/layer_00", 0.1 * step, step)
             w.add_scalar("inflect/cka_drift/layer_01", 0.2 * step, step)
     (root / "config.json").write_text(json.dumps({"note": "<script>alert(1)</script>"}))
+    metrics = {"strategy": "cka-lora", "layers": [0, 2], "reason": "CKA importance <top-2>", "injected_at_step": 0}
+    (root / "metrics.json").write_text(json.dumps(metrics))
 
 
-def test_several_folders_scores_and_escaping(tmp_path):
+def test_several_folders_scores_and_escaping(tmp_path, monkeypatch):
     from torch.utils.tensorboard import SummaryWriter
 
+    chosen = []
+    real_scores_png = report.scores_png
+    monkeypatch.setattr(
+        report, "scores_png", lambda scores, c, *a: chosen.append(sorted(c)) or real_scores_png(scores, c)
+    )
     _synthetic_run(tmp_path, SummaryWriter)
     out = write_report(tmp_path, out=tmp_path / "elsewhere" / "page.html")
     assert out == tmp_path / "elsewhere" / "page.html" and out.is_file()
@@ -191,7 +202,11 @@ def test_several_folders_scores_and_escaping(tmp_path):
     assert titles.index("diagnose/tb") < titles.index("tb")
     assert "inflection_score" in titles
     assert "bars of inflection_score" in page.alts()
-    assert read_run(tmp_path / "diagnose" / "tb").injection.blocks == [1, 3]
+    # the chosen blocks come from metrics.json, not from the injection text (which names [1, 3])
+    assert read_run_info(tmp_path) == RunInfo("cka-lora", [0, 2], "CKA importance <top-2>", 0)
+    assert chosen == [[0, 2]]
+    assert "CKA-importance LoRA trained blocks [0, 2], LoRA injected at step 0" in html.unescape(text)
+    assert "&lt;top-2&gt;" in text
     assert "&lt;b&gt;not bold&lt;/b&gt;" in text and "<b>" not in text
     assert "&lt;script&gt;" in text and "script" not in page.tags
     plots = [f"{kind} of {m}" for m in ("act_grad_norm", "cka_drift") for kind in ("heatmap", "curves")]
@@ -251,6 +266,9 @@ def test_grid_page(tmp_path, tiny_run):
     assert page.alts().count("heatmap of attn_entropy") == 1  # one representative run only
     assert "78.00 %" in text  # metrics.json of the representative run
     assert "Grid wall time 1.5 min" in text and "Partial" not in text
+    strategies = {c[0]: c[1:] for c in cells if len(c) == 4}  # the registry's words for each strategy of the grid
+    assert strategies["inflection-lora"] == ["inflection-layer LoRA (SKI)", "LoRA on diagnosed blocks", "SKI"]
+    assert strategies["full"] == ["full fine-tuning", "whole model", "-"]
     results = json.loads((grid / "results.json").read_text())
     (grid / "results.json").write_text(json.dumps({**results, "complete": False, "cells_done": 3, "cells_total": 4}))
     assert "Partial: 3 of 4 cells finished" in write_report(grid).read_text(encoding="utf-8")
@@ -271,7 +289,8 @@ def test_representative_run_prefers_inflection_lora_seed0(tmp_path):
     assert representative_run(tmp_path, "under", ["full", "cka-lora"]) == tmp_path / "under" / "full" / "seed2"
     assert representative_run(tmp_path, "under") == tmp_path / "under" / "cka-lora" / "seed0"
     (tmp_path / "under" / "inflection-lora" / "seed0" / "tb" / "events.out.tfevents.2.host").write_bytes(b"")
-    assert representative_run(tmp_path, "under", ["full"]) == tmp_path / "under" / "inflection-lora" / "seed0"
+    assert representative_run(tmp_path, "under") == tmp_path / "under" / "inflection-lora" / "seed0"  # registry order
+    assert representative_run(tmp_path, "under", ["full"]) == tmp_path / "under" / "full" / "seed2"
     assert representative_run(tmp_path, "over") is None
     assert representative_run(tmp_path, "..") is None  # never outside the grid
 

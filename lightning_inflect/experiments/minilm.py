@@ -78,10 +78,12 @@ def load_minilm(num_labels: int = 2) -> tuple[Any, Any]:
     """
     if not isinstance(num_labels, int) or num_labels < 1:
         raise ValueError(f"Expected argument `num_labels` to be a positive integer but got {num_labels!r}.")
+    from lightning_inflect.experiments.models import load_classifier
+
     path = minilm_path()
     with _hf_offline():
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, local_files_only=True)
+        model = load_classifier(path, num_labels=num_labels, local_files_only=True)
     return model, tokenizer

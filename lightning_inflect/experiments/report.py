@@ -2,8 +2,14 @@
 
 A **run directory** holds TensorBoard event files somewhere below it (each folder with ``events.out.tfevents.*``
 is one section: ``tb/``, ``diagnose/tb/``, ...) and may hold ``metrics.json`` and ``config.json``. A **grid
-directory** (what :func:`~lightning_inflect.experiments.harness.run_grid` writes) holds ``results.json``,
+directory** (what :func:`~lightning_inflect.experiments.grid.run_grid` writes) holds ``results.json``,
 ``results.md`` and run folders ``<regime>/<strategy>/seed<k>/``.
+
+What a run did (its strategy, the blocks it adapted, why) comes from the ``metrics.json`` the harness and the demo
+write (:func:`read_run_info`); the curves come from the event files; strategies are named and ordered as in the
+registry (:mod:`lightning_inflect.experiments.strategies`).
+
+The report comes with the study extra (``pip install "lightning-inflect[study]"``: matplotlib).
 
 Every plot is drawn by matplotlib's Agg canvas (no pyplot, so no global backend is changed) and embedded as a
 base64 PNG data URI; the page loads nothing from anywhere else and has no JavaScript.
@@ -30,8 +36,11 @@ from typing import Any
 
 import numpy as np
 
+from lightning_inflect.experiments.strategies import STRATEGIES
+
 __all__ = [
     "Injection",
+    "RunInfo",
     "RunLogs",
     "Section",
     "accuracy_bars_png",
@@ -42,9 +51,10 @@ __all__ = [
     "heatmap_png",
     "injection_step",
     "params_scatter_png",
-    "parse_blocks",
+    "preferred_strategies",
     "read_injection",
     "read_run",
+    "read_run_info",
     "read_scalars",
     "render_page",
     "representative_run",
@@ -52,6 +62,7 @@ __all__ = [
     "scores_png",
     "split_tags",
     "step_edges",
+    "strategy_label",
     "to_matrix",
     "write_report",
 ]
@@ -64,6 +75,8 @@ METRICS_JSON_KEYS = (
     "seed",
     "layers",
     "reason",
+    "injected_at_step",
+    "diagnosis_step",
     "trainable_params",
     "total_params",
     "test_acc",
@@ -72,7 +85,6 @@ METRICS_JSON_KEYS = (
 )
 NAN_COLOUR = "#808080"
 _DPI = 90
-_BLOCKS = re.compile(r"blocks \[([\d,\s]*)\]")
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
 Series = dict[int, float]  # step -> value
@@ -81,15 +93,27 @@ Series = dict[int, float]  # step -> value
 # ------------------------------------------------------------------------------------------------------ reading
 @dataclass(frozen=True)
 class Injection:
-    """The injection report of one TensorBoard folder: its step and its markdown text."""
+    """The injection text of one TensorBoard folder (markdown, shown as it is) and the step it was logged at."""
 
     step: int
     text: str
 
-    @property
-    def blocks(self) -> list[int]:
-        """Blocks named in the text (``blocks [a, b]``)."""
-        return parse_blocks(self.text)
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What a run folder's ``metrics.json`` says about the run (the harness and the demo write it).
+
+    Attributes:
+        strategy: the strategy's name (None for the demo).
+        layers: the blocks the run adapted or unfroze (None: the whole model, or unknown).
+        reason: why those blocks.
+        injected_at_step: the step of the LoRA injection (None: no injection).
+    """
+
+    strategy: str | None
+    layers: list[int] | None
+    reason: str | None
+    injected_at_step: int | None
 
 
 @dataclass(frozen=True)
@@ -114,21 +138,6 @@ def find_event_folders(root: str | Path) -> list[Path]:
     root = Path(root)
     folders = {p.parent for p in root.rglob(EVENT_GLOB) if p.is_file()}
     return sorted(folders, key=lambda f: f.relative_to(root).parts)
-
-
-def parse_blocks(text: str) -> list[int]:
-    """The block indices of the first ``blocks [a, b, ...]`` in an injection text (empty when none).
-
-    Example:
-        >>> parse_blocks("**Injected LoRA at step 2** into blocks [1, 3] (r=8)")
-        [1, 3]
-        >>> parse_blocks("nothing here")
-        []
-    """
-    match = _BLOCKS.search(text)
-    if match is None:
-        return []
-    return [int(x) for x in match.group(1).replace(",", " ").split()]
 
 
 def split_tags(
@@ -193,6 +202,29 @@ def read_scalars(folder: str | Path, log_key_prefix: str = "inflect") -> dict[st
 def read_injection(folder: str | Path, log_key_prefix: str = "inflect") -> Injection | None:
     """The injection text of one TensorBoard folder and its step, or None."""
     return _injection_of(_accumulator(Path(folder)), log_key_prefix)
+
+
+def read_run_info(folder: str | Path) -> RunInfo | None:
+    """The run's ``metrics.json`` in ``folder`` as a :class:`RunInfo` (None without a readable one).
+
+    Example:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> _ = (folder / "metrics.json").write_text('{"strategy": "cka-lora", "layers": [2, 5], "reason": "CKA"}')
+        >>> read_run_info(folder)
+        RunInfo(strategy='cka-lora', layers=[2, 5], reason='CKA', injected_at_step=None)
+    """
+    data, _ = _read_json(Path(folder) / "metrics.json")
+    if data is None:
+        return None
+    layers = data.get("layers")
+    step = data.get("injected_at_step")
+    return RunInfo(
+        strategy=data.get("strategy"),
+        layers=[int(x) for x in layers] if isinstance(layers, list) else None,
+        reason=data.get("reason"),
+        injected_at_step=int(step) if isinstance(step, int) else None,
+    )
 
 
 def read_run(folder: str | Path, log_key_prefix: str = "inflect") -> RunLogs:
@@ -390,6 +422,17 @@ def scores_png(scores: dict[int, float], chosen: Iterable[int], title: str = SCO
     return _png(fig)
 
 
+def strategy_label(name: str) -> str:
+    """A strategy's display name from the registry (the name itself when it is not registered).
+
+    Example:
+        >>> strategy_label("grad-lora"), strategy_label("someone-elses")
+        ('gradient-probe LoRA', 'someone-elses')
+    """
+    spec = STRATEGIES.get(name)
+    return spec.display_name if spec is not None else name
+
+
 def _strategy_colours(strategies: Sequence[str]) -> dict[str, Any]:
     import matplotlib as mpl
 
@@ -425,7 +468,7 @@ def accuracy_bars_png(summary: Sequence[dict[str, Any]]) -> bytes:
             means = np.array([100 * _nan(r.get(f"{key}_mean")) for r in rows])
             stds = np.nan_to_num(np.array([100 * _nan(r.get(f"{key}_std")) for r in rows]))
             x = np.arange(len(regimes)) + (j - (len(strategies) - 1) / 2) * width
-            ax.bar(x, means, width, yerr=stds, capsize=2, color=colours[strategy], label=strategy)
+            ax.bar(x, means, width, yerr=stds, capsize=2, color=colours[strategy], label=strategy_label(strategy))
             lows.extend((means - stds)[np.isfinite(means)].tolist())
         ax.set_xticks(range(len(regimes)), [r.upper() for r in regimes])
         ax.set_title(name, fontsize=10)
@@ -468,7 +511,7 @@ def params_scatter_png(summary: Sequence[dict[str, Any]]) -> bytes:
     ax.set_xscale("log")
     ax.set(xlabel="trainable parameters (log scale)", ylabel="test accuracy (%)", title="accuracy vs parameters")
     ax.grid(linewidth=0.4, alpha=0.6)
-    handles = [Line2D([], [], marker="o", linestyle="", color=colours[s], label=s) for s in strategies]
+    handles = [Line2D([], [], marker="o", linestyle="", color=colours[s], label=strategy_label(s)) for s in strategies]
     handles += [Line2D([], [], marker=markers[g], linestyle="", color="grey", label=g.upper()) for g in regimes]
     ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return _png(fig)
@@ -638,10 +681,32 @@ def _score_section(series: dict[int, Series], chosen: list[int], level: int) -> 
     return Section(SCORE_METRIC, body + _img(scores_png(scores, chosen), f"bars of {SCORE_METRIC}"), level)
 
 
-def run_sections(logs: RunLogs, title: str, level: int = 2, log_key_prefix: str = "inflect") -> list[Section]:
-    """The sections of one TensorBoard folder: injection text, one section per metric, the scores, other scalars."""
+def _run_info_html(info: RunInfo | None) -> str:
+    """What the run's ``metrics.json`` says it trained, in one line ("" without one)."""
+    if info is None or (info.strategy is None and info.layers is None):
+        return ""
+    what = strategy_label(info.strategy) if info.strategy else "this run"
+    blocks = f"blocks {info.layers}" if info.layers is not None else "the whole model"
+    step = f", LoRA injected at step {info.injected_at_step}" if info.injected_at_step is not None else ""
+    reason = f": {_esc(info.reason)}" if info.reason and info.reason != info.strategy else ""
+    return f"<p>{_esc(what)} trained {_esc(blocks)}{_esc(step)} (from <code>metrics.json</code>){reason}</p>"
+
+
+def run_sections(
+    logs: RunLogs, title: str, level: int = 2, log_key_prefix: str = "inflect", info: RunInfo | None = None
+) -> list[Section]:
+    """The sections of one TensorBoard folder: what the run trained, the injection text, one section per metric,
+    the scores (the blocks of ``info`` in red), other scalars.
+
+    Args:
+        logs: the folder's logs (:func:`read_run`).
+        title: the first section's title.
+        level: its heading level (the metrics get one more).
+        log_key_prefix: the monitors' ``log_key_prefix``.
+        info: the run's ``metrics.json`` (:func:`read_run_info`): the blocks it trained and why.
+    """
     mark = injection_step(logs, log_key_prefix)
-    intro = [f'<p class="meta">Folder: <code>{_esc(logs.folder)}</code></p>']
+    intro = [f'<p class="meta">Folder: <code>{_esc(logs.folder)}</code></p>', _run_info_html(info)]
     if logs.injection is not None:
         intro.append(
             f'<p>Injection at step {logs.injection.step}:</p><pre class="text">{_esc(logs.injection.text)}</pre>'
@@ -654,7 +719,7 @@ def run_sections(logs: RunLogs, title: str, level: int = 2, log_key_prefix: str 
     sections = [Section(title, "\n".join(intro), level)]
     sections += [_metric_section(m, logs.metrics[m], mark, level + 1) for m in _ordered_metrics(logs.metrics)]
     if SCORE_METRIC in logs.metrics:
-        chosen = logs.injection.blocks if logs.injection else []
+        chosen = (info.layers if info is not None else None) or []
         sections.append(_score_section(logs.metrics[SCORE_METRIC], chosen, level + 1))
     return sections
 
@@ -666,9 +731,10 @@ def _run_dir_sections(root: Path, run: Path, level: int, log_key_prefix: str) ->
         sections.append(
             Section(f"{_rel(run, root)}: metrics and config" if run != root else "Metrics and config", files, level)
         )
+    info = read_run_info(run)
     for folder in find_event_folders(run):
         logs = read_run(folder, log_key_prefix)
-        sections += run_sections(logs, _rel(folder, root), level, log_key_prefix)
+        sections += run_sections(logs, _rel(folder, root), level, log_key_prefix, info)
     return sections
 
 
@@ -677,18 +743,27 @@ def _rel(path: Path, root: Path) -> str:
     return path.name if rel in ("", ".") else rel
 
 
-def representative_run(root: str | Path, regime: str, strategies: Sequence[str] = ()) -> Path | None:
-    """The run folder shown for a regime: ``<regime>/inflection-lora/seed0`` if it has event files, else the first
-    run folder with event files (strategies in the given order, then the others; seeds in numeric order)."""
+def preferred_strategies() -> list[str]:
+    """The registered strategies, selective ones first (their diagnosis shows the most), in registry order.
+
+    Example:
+        >>> preferred_strategies()[:2], preferred_strategies()[-1]
+        (['inflection-lora', 'cka-lora'], 'uniform-lora')
+    """
+    specs = list(STRATEGIES.values())
+    return [s.name for s in specs if s.selective] + [s.name for s in specs if not s.selective]
+
+
+def representative_run(root: str | Path, regime: str, strategies: Sequence[str] | None = None) -> Path | None:
+    """The run folder shown for a regime: the first run folder with event files, strategies in the given order
+    (default :func:`preferred_strategies`), then the other folders by name; seeds in numeric order."""
     base = Path(root) / regime
     if not base.is_dir() or Path(root).resolve() not in base.resolve().parents:
         return None
-    preferred = base / "inflection-lora" / "seed0"
     seed_key = lambda p: (int(re.sub(r"\D", "", p.name) or 0), p.name)  # noqa: E731
-    order = _unique([*strategies, *sorted(p.name for p in base.iterdir() if p.is_dir())])
-    candidates = [preferred] + [
-        seed for s in order if (base / s).is_dir() for seed in sorted((base / s).glob("seed*"), key=seed_key)
-    ]
+    first = preferred_strategies() if strategies is None else list(strategies)
+    order = _unique([*first, *sorted(p.name for p in base.iterdir() if p.is_dir())])
+    candidates = [seed for s in order if (base / s).is_dir() for seed in sorted((base / s).glob("seed*"), key=seed_key)]
     return next((c for c in candidates if c.is_dir() and any(c.rglob(EVENT_GLOB))), None)
 
 
@@ -731,8 +806,22 @@ def _runs_table(runs: Sequence[dict[str, Any]]) -> str:
     return _table(header, rows, [False, False, True, True, True, True, False])
 
 
+def _strategies_table(names: Sequence[str]) -> str:
+    """Each strategy of the grid as the registry describes it (unregistered ones say so)."""
+    from lightning_inflect.experiments.config import ExperimentConfig
+
+    cfg, rows = ExperimentConfig(), []
+    for name in names:
+        spec = STRATEGIES.get(name)
+        if spec is None:
+            rows.append((name, name, "not registered here", "-"))
+        else:
+            rows.append((name, spec.display_name, spec.kind, spec.selector_name(cfg) or "-"))
+    return _table(["strategy", "name", "what trains", "selector"], rows)
+
+
 def grid_sections(root: Path, results: dict[str, Any], log_key_prefix: str = "inflect") -> list[Section]:
-    """Results table, accuracy bars, accuracy vs parameters, and one representative run per regime."""
+    """Results table, accuracy bars, accuracy vs parameters, the strategies, one representative run per regime."""
     summary = results.get("summary") or []
     runs = results.get("runs") or []
     body = [_results_table(summary) if summary else '<p class="note">results.json has no summary rows.</p>']
@@ -748,9 +837,11 @@ def grid_sections(root: Path, results: dict[str, Any], log_key_prefix: str = "in
         sections.append(Section("Test accuracy by strategy", note + bars))
         scatter = _img(params_scatter_png(summary), "scatter of test accuracy vs trainable parameters")
         sections.append(Section("Accuracy vs trainable parameters", scatter))
-    strategies = _unique(str(r.get("strategy")) for r in summary)
+    strategies = _unique(str(r.get("strategy")) for r in [*summary, *runs])
+    if strategies:
+        sections.append(Section("Strategies", _strategies_table(strategies)))
     for regime in _unique(str(r.get("regime")) for r in summary):
-        run = representative_run(root, regime, strategies)
+        run = representative_run(root, regime)
         if run is None:
             sections.append(Section(f"Regime {regime.upper()}", '<p class="note">No run folder with event files.</p>'))
             continue
@@ -761,6 +852,16 @@ def grid_sections(root: Path, results: dict[str, Any], log_key_prefix: str = "in
 
 
 # ------------------------------------------------------------------------------------------------------ entry
+def _require_matplotlib() -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as err:
+        raise ModuleNotFoundError(
+            "The HTML report needs matplotlib, which comes with the study extra:"
+            ' pip install "lightning-inflect[study]".'
+        ) from err
+
+
 def _expected(path: Path, what: str) -> str:
     return (
         f"Expected `path` to be a run directory (TensorBoard event files `{EVENT_GLOB}` somewhere below it) or a "
@@ -783,7 +884,9 @@ def write_report(path: str | Path, out: str | Path | None = None, *, log_key_pre
     Raises:
         FileNotFoundError: ``path`` does not exist, is not a directory, or holds neither event files nor
             ``results.json``.
+        ModuleNotFoundError: matplotlib is missing (the message says how to install the ``[study]`` extra).
     """
+    _require_matplotlib()
     root = Path(path)
     if not root.exists():
         raise FileNotFoundError(_expected(root, "does not exist"))
