@@ -217,7 +217,7 @@ def _commands() -> dict[str, Callable[..., Any]]:
         "grid": _with_choices(
             grid,
             preset=preset,
-            strategies=list[strategy] | None,
+            strategies=list[strategy] | None,  # type: ignore[valid-type]
             regimes=list[regime] | None,  # type: ignore[valid-type]
         ),
         "report": report,

@@ -113,10 +113,10 @@ def find_layers(model: nn.Module, layers_path: str | None = None) -> LayerInfo:
         if isinstance(mod, nn.ModuleList) and len(mod) > 0:
             return LayerInfo(layers_path, mod, "override")
         found = "nothing" if mod is None else f"a {type(mod).__name__}"
-        cands = ", ".join(repr(n) for n, _ in _structural_candidates(model)) or "none"
+        names = ", ".join(repr(n) for n, _ in _structural_candidates(model)) or "none"
         raise LayerDiscoveryError(
             f"`layers_path={layers_path!r}` points to {found}, not a non-empty nn.ModuleList of blocks. "
-            f"ModuleLists found in {type(model).__name__}: {cands}."
+            f"ModuleLists found in {type(model).__name__}: {names}."
         )
     config = getattr(model, "config", None)
     model_type = getattr(config, "model_type", None)
@@ -138,9 +138,9 @@ def find_layers(model: nn.Module, layers_path: str | None = None) -> LayerInfo:
     matching = [c for c in cands if expected is None or len(c[1]) == expected]
     tried.append(f"structural: same-typed ModuleLists of length {expected if expected is not None else 'any'}")
     if len(matching) == 1:
-        name, mod = matching[0]
-        return LayerInfo(name, mod, "structural", layout)
-    listing = ", ".join(f"{n!r} ({len(m)} x {type(m[0]).__name__})" for n, m in cands) or "none"
+        found_name, found_list = matching[0]
+        return LayerInfo(found_name, found_list, "structural", layout)
+    listing = ", ".join(f"{n!r} ({len(ml)} x {type(ml[0]).__name__})" for n, ml in cands) or "none"
     raise LayerDiscoveryError(
         f"Could not find the transformer blocks of {type(model).__name__}. Tried: {'; '.join(tried)}. "
         f"Candidate ModuleLists: {listing}. Pass `layers_path=` with the dotted path of the block list "

@@ -62,6 +62,11 @@ from lightning_inflect.validation import (
 
 __all__ = ["InjectionCallback"]
 
+
+def _callbacks(trainer: pl.Trainer) -> list[Callback]:
+    return list(getattr(trainer, "callbacks", []))
+
+
 log = logging.getLogger(__name__)
 
 EmptyPolicy = Literal["raise", "skip", "fallback"]
@@ -243,6 +248,20 @@ class InjectionCallback(Callback):
         return self._generate_state_key(at_step=self.at_step, at_epoch=self.at_epoch, at_fraction=self.at_fraction)
 
     @property
+    def _model(self) -> torch.nn.Module:
+        """The Hugging Face model, found in ``setup``."""
+        if self._hf_model is None:
+            raise RuntimeError("InjectionCallback was used before `setup(stage='fit')`; attach it to a Trainer.")
+        return self._hf_model
+
+    @property
+    def _blocks(self) -> LayerInfo:
+        """Where the model's blocks are, found in ``setup``."""
+        if self._info is None:
+            raise RuntimeError("InjectionCallback was used before `setup(stage='fit')`; attach it to a Trainer.")
+        return self._info
+
+    @property
     def planned_step(self) -> int | None:
         """The optimizer step the injection is planned at, once known (see :class:`InjectionSchedule`)."""
         return self.schedule.planned_step
@@ -271,8 +290,8 @@ class InjectionCallback(Callback):
             )
         self._trainer_ref = trainer
         _, self._hf_model = find_hf_model(pl_module, self.model_attr)
-        self._info = find_layers(self._hf_model, self.layers_path)
-        n = self._info.num_layers
+        self._info = find_layers(self._model, self.layers_path)
+        n = self._blocks.num_layers
         if self.layers_arg is not None:
             check_layer_indices(self.layers_arg, n)
         for sel in (self.selector, self.fallback_selector):
@@ -281,23 +300,23 @@ class InjectionCallback(Callback):
         self._check_export_dir()
         self._batch_checked = False
         if self.target_modules is None:
-            layout = self._info.layout
+            layout = self._blocks.layout
             if layout is None or not layout.lora_targets:
                 raise ValueError(
-                    f"No default LoRA targets for model_type={getattr(self._hf_model.config, 'model_type', None)!r}: "
+                    f"No default LoRA targets for model_type={getattr(self._model.config, 'model_type', None)!r}: "
                     "pass `target_modules=` (module names inside a block, e.g. ['q_proj', 'v_proj'])."
                 )
             self.target_modules = list(layout.lora_targets) + (list(layout.mlp_targets) if self.include_mlp else [])
         check_blocks = check_layer_indices(self.layers_arg, n) if self.layers_arg else [0]
-        resolve_targets(self._info, check_blocks, self.target_modules, "")  # fails now if a target matches nothing
-        names = dict(self._hf_model.named_modules())
+        resolve_targets(self._blocks, check_blocks, self.target_modules, "")  # fails now if a target matches nothing
+        names = dict(self._model.named_modules())
         for m in self.keep_trainable:
             if m not in names:
                 raise ValueError(
                     f"Expected every entry of `keep_trainable` to name a module of the model but got {m!r}."
                 )
         if self.trigger is not None and not any(
-            isinstance(cb, _InflectMonitor) and "act_grad_norm" in cb.history for cb in trainer.callbacks
+            isinstance(cb, _InflectMonitor) and "act_grad_norm" in cb.history for cb in _callbacks(trainer)
         ):
             raise ValueError(
                 "`trigger=` reads activation-gradient norms: add `GradientNormMonitor(every_n_steps=...)` (with "
@@ -329,7 +348,7 @@ class InjectionCallback(Callback):
         """The saved record, or an error that names this callback and the checkpoint."""
         try:
             record = InjectionRecord.from_dict(dict(data))
-            check_layer_indices(list(record.layers), self._info.num_layers if self._info else 10**9)
+            check_layer_indices(list(record.layers), self._blocks.num_layers if self._info else 10**9)
             check_str_list("target_modules", record.target_modules, allow_empty=False)
             return record
         except (TypeError, ValueError, AttributeError, KeyError) as err:
@@ -361,7 +380,7 @@ class InjectionCallback(Callback):
                 "that made it."
             )
         record = self._read_record(data, "injection record")
-        inject_lora(self._hf_model, record)
+        inject_lora(self._model, record)
         self._restored = record
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -397,7 +416,7 @@ class InjectionCallback(Callback):
             return
         if self.auto and step == self.planned_step - 1 and self._needs_own("act_grad_norm"):
             if self._grad_capture is None:
-                self._grad_capture = ActivationGradCapture(self._info.blocks, range(self._info.num_layers))
+                self._grad_capture = ActivationGradCapture(self._blocks.blocks, range(self._blocks.num_layers))
                 self._grad_capture.arm()
             self._grad_capture.new_micro_batch()
         if self._boundary and (self.schedule.due(step) or self._trigger_fired(trainer)):
@@ -409,7 +428,7 @@ class InjectionCallback(Callback):
                 # The selector needs gradients nobody logged and this step was not foreseen (at_epoch, a trigger,
                 # step 0): probe this step's backward and inject at the next one.
                 self.schedule.postpone_to(step + 1)
-                self._grad_capture = ActivationGradCapture(self._info.blocks, range(self._info.num_layers))
+                self._grad_capture = ActivationGradCapture(self._blocks.blocks, range(self._blocks.num_layers))
                 self._grad_capture.arm()
                 self._grad_capture.new_micro_batch()
                 return
@@ -420,7 +439,7 @@ class InjectionCallback(Callback):
             return
         if self.auto and self._needs_own("param_grad_norm"):
             groups = [
-                [p.grad for p in b.parameters() if p.requires_grad and p.grad is not None] for b in self._info.blocks
+                [p.grad for p in b.parameters() if p.requires_grad and p.grad is not None] for b in self._blocks.blocks
             ]
             self._own_grads["param_grad_norm"] = grouped_grad_norms(groups).tolist()
         if self._grad_capture is not None:
@@ -437,7 +456,7 @@ class InjectionCallback(Callback):
         if self.trigger is None:
             return False
         logged = max(
-            (len(cb.history["act_grad_norm"]) for cb in trainer.callbacks
+            (len(cb.history["act_grad_norm"]) for cb in _callbacks(trainer)
              if isinstance(cb, _InflectMonitor) and "act_grad_norm" in cb.history),
             default=0,
         )  # fmt: skip
@@ -457,16 +476,16 @@ class InjectionCallback(Callback):
     def _monitor_history(self, trainer: pl.Trainer, metric: str) -> MetricHistory | None:
         """The first attached monitor's history of ``metric``, over all blocks (NaN where it does not monitor)."""
         flush_monitors(trainer)  # values the monitors still hold on the device
-        for cb in trainer.callbacks:
+        for cb in _callbacks(trainer):
             if isinstance(cb, _InflectMonitor) and metric in cb.history and len(cb.history[metric]):
-                return cb.history[metric].over(self._info.num_layers)
+                return cb.history[metric].over(self._blocks.num_layers)
         return None
 
     def _model_inputs(self, batch: Any) -> dict[str, Any]:
         """The model's keyword inputs from a training batch, for the callback's own probe."""
         if self.probe_inputs is None:
             try:
-                return default_model_inputs(self._hf_model, batch)
+                return default_model_inputs(self._model, batch)
             except TypeError as err:
                 raise TypeError(
                     f"InjectionCallback(auto=True) probes the model itself for {self._own_probe_metrics()}, but the "
@@ -503,24 +522,22 @@ class InjectionCallback(Callback):
     _trainer_ref: pl.Trainer | None = None
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.injected and self.export and trainer.is_global_zero:
+        if self.record is not None and self.export and trainer.is_global_zero:
             base = self.export_dir
             if base is None:
                 ckpt_cb = trainer.checkpoint_callback
                 base = getattr(ckpt_cb, "dirpath", None) or trainer.log_dir or trainer.default_root_dir
             self.export_path = export_adapters(
-                self._hf_model, self.record, Path(base) / "inflect_adapters", merged=self.export_merged
+                self._model, self.record, Path(base) / "inflect_adapters", merged=self.export_merged
             )
             rank_zero_info(f"InjectionCallback: adapters saved in {self.export_path}")
 
     def _history(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, step: int
     ) -> dict[str, MetricHistory]:
-        needed = set(self.selector.requires)
-        if self.fallback_selector is not None:
-            needed |= set(self.fallback_selector.requires)
+        needed = {m for sel in (self.selector, self.fallback_selector) if sel is not None for m in sel.requires}
         history: dict[str, MetricHistory] = {}
-        blocks = tuple(range(self._info.num_layers))
+        blocks = tuple(range(self._blocks.num_layers))
         probe_metrics = []
         for metric in sorted(needed):
             hist = self._monitor_history(trainer, metric)
@@ -535,17 +552,17 @@ class InjectionCallback(Callback):
         return history
 
     def _own_probe(self, trainer: pl.Trainer, batch: Any, step: int, metrics: list[str]) -> dict[str, MetricHistory]:
-        n = self._info.num_layers
-        device = next(self._hf_model.parameters()).device
+        n = self._blocks.num_layers
+        device = next(self._model.parameters()).device
         inputs = to_device(self._model_inputs(batch), device)
         blocks = tuple(range(n))
         entropy, outputs, first_input = EntropyRequest(blocks), PooledRequest(blocks), PooledRequest((0,), site="input")
         result = run_probe(
-            self._hf_model,
+            self._model,
             [inputs],
-            self._info.blocks,
+            self._blocks.blocks,
             [entropy, outputs, first_input],
-            attention_modules=find_attention_modules(self._info),
+            attention_modules=find_attention_modules(self._blocks),
             precision_context=trainer.precision_plugin.forward_context,
         )
         out: dict[str, MetricHistory] = {}
@@ -563,11 +580,12 @@ class InjectionCallback(Callback):
         return out
 
     def _choose(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, step: int) -> Selection | None:
-        n = self._info.num_layers
+        n = self._blocks.num_layers
         if not self.auto:
             layers = check_layer_indices(self.layers_arg, n)
             return Selection(tuple(layers), None, f"manual: layers={self.layers_arg}")
         history = self._history(trainer, pl_module, batch, step)
+        assert self.selector is not None  # auto=True always has one
         selection = self.selector.select(history, n)
         if not selection.layers:
             if self.on_empty == "raise":
@@ -579,6 +597,7 @@ class InjectionCallback(Callback):
             if self.on_empty == "skip":
                 rank_zero_warn(f"InjectionCallback: no block selected ({selection.reason}); no injection.")
                 return None
+            assert self.fallback_selector is not None  # checked at construction for on_empty="fallback"
             fallback = self.fallback_selector.select(history, n)
             selection = Selection(
                 fallback.layers,
@@ -596,8 +615,8 @@ class InjectionCallback(Callback):
         layers = list(selection.layers)
         if trainer.world_size > 1:  # decide together: rank 0's choice everywhere
             layers = trainer.strategy.broadcast(layers, src=0)
-        targets = resolve_targets(self._info, layers, self.target_modules, "")
-        keep = sorted(set(head_module_names(self._hf_model)) | set(self.keep_trainable))
+        targets = resolve_targets(self._blocks, layers, self.target_modules or [], "")  # set in setup
+        keep = sorted(set(head_module_names(self._model)) | set(self.keep_trainable))
         record = InjectionRecord(
             layers=layers,
             target_modules=targets,
@@ -607,13 +626,13 @@ class InjectionCallback(Callback):
             keep_trainable=keep,
             freeze_backbone=self.freeze_backbone,
             step=step,
-            trainable_before=count_trainable(self._hf_model),
+            trainable_before=count_trainable(self._model),
             reason=self._trigger_reason + selection.reason,
             scores=list(selection.scores) if selection.scores is not None else None,
             adapter_name=self.adapter_name,
         )
-        inject_lora(self._hf_model, record)
-        record.trainable_after = count_trainable(self._hf_model)
+        inject_lora(self._model, record)
+        record.trainable_after = count_trainable(self._model)
         self.record, self.selection = record, selection
         self._update_optimizers(trainer, pl_module)
         self._rewrap_ddp(trainer)
@@ -621,7 +640,7 @@ class InjectionCallback(Callback):
 
     def _update_optimizers(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         trainable = [p for p in pl_module.parameters() if p.requires_grad]
-        lora = {id(p) for p in lora_parameters(self._hf_model, self.adapter_name)}
+        lora = {id(p) for p in lora_parameters(self._model, self.adapter_name)}
         for optimizer in trainer.optimizers:
             # On resume, configure_optimizers already saw the adapters: take them out so that they form the one
             # new group, exactly as in the run that saved the checkpoint.
@@ -647,12 +666,13 @@ class InjectionCallback(Callback):
             metrics.update({layer_key(p, "inflection_score", i): s for i, s in enumerate(record.scores)})
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=record.step)
+        lora_numel = sum(int(q.numel()) for q in lora_parameters(self._model, self.adapter_name))
         text = (
             f"**Injected LoRA at step {record.step}** into blocks {record.layers} "
             f"(r={record.r}, lora_alpha={record.lora_alpha}, lora_dropout={record.lora_dropout}).\n\n"
             f"Reason: {record.reason}\n\n"
             f"Trainable parameters: {record.trainable_before:,} before, {record.trainable_after:,} after "
-            f"(LoRA: {sum(q.numel() for q in lora_parameters(self._hf_model, self.adapter_name)):,}; kept trainable: "
+            f"(LoRA: {lora_numel:,}; kept trainable: "
             f"{record.keep_trainable}).\n\nModules: " + ", ".join(f"`{t}`" for t in record.target_modules)
         )
         if trainer.is_global_zero:

@@ -98,7 +98,7 @@ def capture_attention_entropy(
     interfaces = [AttentionInterface._global_mapping]
     if impl in ALL_ATTENTION_FUNCTIONS._local_mapping:
         interfaces.append(ALL_ATTENTION_FUNCTIONS._local_mapping)
-    saved = [(m, impl in m, m.get(impl)) for m in interfaces]
+    saved: list[tuple[Any, bool, Any]] = [(m, impl in m, m.get(impl)) for m in interfaces]
     original = ALL_ATTENTION_FUNCTIONS.get(impl) if impl != "eager" else None
     by_id = {id(m): layer for m, layer in attention_modules.items()}
 

@@ -36,7 +36,7 @@ class ActivationGradCapture:
         (True, [2, 2])
     """
 
-    def __init__(self, blocks: Sequence[nn.Module], layers: Sequence[int]) -> None:
+    def __init__(self, blocks: Sequence[nn.Module] | nn.ModuleList, layers: Sequence[int]) -> None:
         self.blocks = blocks
         self.layers = list(layers)
         self._row = {layer: i for i, layer in enumerate(self.layers)}

@@ -123,7 +123,7 @@ EntropySource = Literal["auto", "interface", "probs"]
 def run_probe(
     model: nn.Module,
     batches: Sequence[Mapping[str, Any]],
-    blocks: Sequence[nn.Module],
+    blocks: Sequence[nn.Module] | nn.ModuleList,
     requests: Sequence[ProbeRequest],
     attention_modules: Sequence[nn.Module] | None = None,
     precision_context: Any = None,
@@ -183,7 +183,7 @@ def run_probe(
 def _probe_pass(
     model: nn.Module,
     batches: Sequence[Mapping[str, Any]],
-    blocks: Sequence[nn.Module],
+    blocks: Sequence[nn.Module] | nn.ModuleList,
     attn_map: dict[nn.Module, int],
     reductions: tuple[str, ...],
     pooled: dict[tuple[str, str], tuple[int, ...]],
@@ -240,6 +240,7 @@ def _probe_pass(
                 current_mask[0] = mask if isinstance(mask, Tensor) and mask.dim() == 2 else None
                 ctx = precision_context() if precision_context is not None else _null()
                 extra: dict[str, Any] = {}
+                capture: Any
                 if not attn_map:
                     capture = _null()
                 elif source == "probs":

@@ -106,13 +106,13 @@ def _replace_arguments(module: nn.Module, fixes: Mapping[str, Callable[[Any], An
         return None
 
     def hook(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        args = list(args)
+        new = list(args)
         for name, slot in slots.items():
-            if 0 <= slot < len(args):
-                args[slot] = fixes[name](args[slot])
+            if 0 <= slot < len(new):
+                new[slot] = fixes[name](new[slot])
             else:
                 kwargs[name] = fixes[name](kwargs.get(name))
-        return tuple(args), kwargs
+        return tuple(new), kwargs
 
     return hook
 
@@ -139,7 +139,8 @@ def _find_probs(output: Any, queries: int | None) -> Tensor | None:
     if queries is not None:
         cands = [t for t in cands if t.shape[-2] == queries]
     square = [t for t in cands if t.shape[-1] == t.shape[-2]]
-    return (square or cands or [None])[0]
+    best = square or cands
+    return best[0] if best else None
 
 
 @contextmanager

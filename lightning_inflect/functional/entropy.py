@@ -92,7 +92,7 @@ class EntropySums(NamedTuple):
 
     entropy: Tensor
     normalized: Tensor
-    count: Tensor
+    count: Tensor  # type: ignore[assignment]  # a field named like tuple.count, on purpose: the term counts
 
     def __add__(self, other: object) -> EntropySums:  # type: ignore[override]
         if not isinstance(other, EntropySums):

@@ -6,6 +6,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -96,7 +97,7 @@ def resolve_targets(info: LayerInfo, layers: Sequence[int], target_modules: Sequ
     Raises:
         ValueError: when a target matches nothing in one of the chosen blocks, listing the block's linear layers.
     """
-    out = []
+    out: list[str] = []
     for layer in layers:
         block = info.blocks[layer]
         names = {n: m for n, m in block.named_modules() if n}
@@ -123,7 +124,7 @@ def lora_parameters(model: nn.Module, adapter_name: str = ADAPTER_NAME) -> list[
     return out
 
 
-def _lora_layers(model: nn.Module) -> dict[str, nn.Module]:
+def _lora_layers(model: nn.Module) -> dict[str, Any]:
     from peft.tuners.lora import LoraLayer
 
     return {name: m for name, m in model.named_modules() if isinstance(m, LoraLayer)}
@@ -164,7 +165,7 @@ def inject_lora(model: nn.Module, record: InjectionRecord) -> list[nn.Parameter]
     active = {name: list(layer.active_adapters) for name, layer in _lora_layers(model).items()}
     config = LoraConfig(
         r=record.r,
-        lora_alpha=record.lora_alpha,
+        lora_alpha=record.lora_alpha,  # type: ignore[arg-type]  # peft annotates int, computes with floats
         lora_dropout=record.lora_dropout,
         target_modules=list(record.target_modules),
         bias="none",
@@ -201,7 +202,7 @@ def export_adapters(model: nn.Module, record: InjectionRecord, directory: str | 
     directory.mkdir(parents=True, exist_ok=True)
     config = LoraConfig(
         r=record.r,
-        lora_alpha=record.lora_alpha,
+        lora_alpha=record.lora_alpha,  # type: ignore[arg-type]  # peft annotates int, computes with floats
         lora_dropout=record.lora_dropout,
         target_modules=list(record.target_modules),
         modules_to_save=list(record.keep_trainable) or None,
@@ -233,4 +234,4 @@ def _save_merged(model: nn.Module, directory: Path) -> None:
             parent = clone.get_submodule(parent_name) if parent_name else clone
             setattr(parent, child, module.get_base_layer())
     with torch.no_grad():
-        clone.save_pretrained(str(directory))
+        clone.save_pretrained(str(directory))  # type: ignore[operator]  # a transformers PreTrainedModel

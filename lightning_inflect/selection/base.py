@@ -91,6 +91,7 @@ class Selector(ABC):
     """
 
     requires: tuple[str, ...] = ()
+    """The metrics :meth:`select` reads from the history."""
 
     @abstractmethod
     def select(self, history: History, num_layers: int) -> Selection:

@@ -173,7 +173,7 @@ class SKI(Selector):
         'SKI a=0.5 over logs at step 10: local maxima at blocks 1 (scores 1), band +-0 -> [1]'
     """
 
-    requires = ("attn_entropy", "act_grad_norm")
+    requires: tuple[str, ...] = ("attn_entropy", "act_grad_norm")
 
     def __init__(self, a: float = 0.5, window: int = 3, band: int = 1, top_k: int | None = None) -> None:
         self.a = _check_a(a)
@@ -198,7 +198,8 @@ class SKI(Selector):
         _check_int("num_layers", num_layers)
         if self.top_k is not None:
             _check_k_fits(self, self.top_k, num_layers, name="top_k")
-        inputs, windows = {}, {}
+        inputs: dict[str, Tensor] = {}
+        windows: dict[str, tuple[list[int] | None, int]] = {}
         for metric in ("attn_entropy", "act_grad_norm"):
             if metric in self.requires:
                 values, steps, n = _gather(history, metric, num_layers, self.window, who=repr(self))
