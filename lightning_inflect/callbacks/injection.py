@@ -72,6 +72,34 @@ log = logging.getLogger(__name__)
 EmptyPolicy = Literal["raise", "skip", "fallback"]
 
 
+def _check_which_blocks(
+    auto: bool,
+    layers: Sequence[int] | None,
+    selector: Selector | None,
+    trigger: GradientSuppressionTrigger | None,
+    fallback_selector: Selector | None,
+) -> None:
+    """The arguments that say which blocks to adapt: exactly one way, of the right types."""
+    if auto and layers is not None:
+        raise ValueError(
+            f"Expected either `auto=True` or `layers=` but got both (layers={list(layers)!r}). Drop `layers` "
+            "to let the selector choose, or drop `auto` to inject exactly there."
+        )
+    if layers is not None and (isinstance(layers, (str, bytes)) or len(layers) == 0):
+        raise ValueError(f"Expected argument `layers` to be a non-empty list of block indices but got {layers!r}.")
+    if trigger is not None and not isinstance(trigger, GradientSuppressionTrigger):
+        raise ValueError(f"Expected argument `trigger` to be a GradientSuppressionTrigger but got {trigger!r}.")
+    if selector is not None and not auto:
+        raise ValueError("A `selector` chooses blocks automatically: pass `auto=True` with it.")
+    if not auto and layers is None:
+        raise ValueError("Expected `layers=[...]` or `auto=True` (with an optional `selector=`) but got neither.")
+    for name, sel in (("selector", selector), ("fallback_selector", fallback_selector)):
+        if sel is not None and not isinstance(sel, Selector):
+            raise ValueError(
+                f"Expected argument `{name}` to be a lightning_inflect.selection.Selector but got {sel!r}."
+            )
+
+
 class InjectionCallback(Callback):
     r"""At a chosen point of a ``fit``, freeze the backbone and attach peft LoRA adapters to chosen blocks.
 
@@ -177,24 +205,7 @@ class InjectionCallback(Callback):
         for name, flag in (("auto", auto), ("include_mlp", include_mlp), ("freeze_backbone", freeze_backbone),
                            ("export", export), ("export_merged", export_merged)):  # fmt: skip
             check_bool(name, flag)
-        if auto and layers is not None:
-            raise ValueError(
-                f"Expected either `auto=True` or `layers=` but got both (layers={list(layers)!r}). Drop `layers` "
-                "to let the selector choose, or drop `auto` to inject exactly there."
-            )
-        if layers is not None and (isinstance(layers, (str, bytes)) or len(layers) == 0):
-            raise ValueError(f"Expected argument `layers` to be a non-empty list of block indices but got {layers!r}.")
-        if trigger is not None and not isinstance(trigger, GradientSuppressionTrigger):
-            raise ValueError(f"Expected argument `trigger` to be a GradientSuppressionTrigger but got {trigger!r}.")
-        if selector is not None and not auto:
-            raise ValueError("A `selector` chooses blocks automatically: pass `auto=True` with it.")
-        if not auto and layers is None:
-            raise ValueError("Expected `layers=[...]` or `auto=True` (with an optional `selector=`) but got neither.")
-        for name, sel in (("selector", selector), ("fallback_selector", fallback_selector)):
-            if sel is not None and not isinstance(sel, Selector):
-                raise ValueError(
-                    f"Expected argument `{name}` to be a lightning_inflect.selection.Selector but got {sel!r}."
-                )
+        _check_which_blocks(auto, layers, selector, trigger, fallback_selector)
         check_int("r", r, low=1)
         check_number("lora_alpha", lora_alpha, 0.0, None, open_low=True)
         check_number("lora_dropout", lora_dropout, 0.0, 1.0, open_high=True)

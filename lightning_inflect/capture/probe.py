@@ -210,6 +210,54 @@ def _probe_pass(
             keep = keep & qm.to(torch.bool)[:, None, None, :]
         add_entropy(layer, *entropy_from_probs(probs, keep))
 
+    handles = _pool_hooks(blocks, pooled, per_batch, current_mask)
+    try:
+        with eval_mode(model), torch.no_grad(), no_fastpath():
+            for batch in batches:
+                mask = batch.get("attention_mask")
+                current_mask[0] = mask if isinstance(mask, Tensor) and mask.dim() == 2 else None
+                ctx = precision_context() if precision_context is not None else _null()
+                with _entropy_capture(model, attn_map, source, add_entropy, add_probs) as kwargs, ctx:
+                    model(**batch, **(kwargs if isinstance(kwargs, dict) else {}))
+                result.forwards += 1
+                for key, got in per_batch.items():
+                    result.pooled[key].append(torch.stack([got[layer] for layer in pooled[key]]))
+                    got.clear()
+    finally:
+        for h in handles:
+            h.remove()
+    if attn_map:
+        seen = set(sums[reductions[0]]) if reductions else set()
+        wanted_layers = tuple(sorted(attn_map.values()))
+        result.missing = tuple(layer for layer in wanted_layers if layer not in seen)
+        result.entropy_layers = tuple(layer for layer in wanted_layers if layer in seen)
+        result.entropy_source = source if result.entropy_layers else None
+        if result.entropy_layers:
+            result.entropy = {r: _stack_sums([sums[r][layer] for layer in result.entropy_layers]) for r in reductions}
+    return result
+
+
+def _entropy_capture(
+    model: nn.Module, attn_map: dict[nn.Module, int], source: str, add_entropy: Any, add_probs: Any
+) -> Any:
+    """The context that feeds the entropy sinks during one forward (nothing when no entropy is requested)."""
+    if not attn_map:
+        return _null()
+    if source == "probs":
+        from lightning_inflect.capture.probs import capture_attention_probs
+
+        return capture_attention_probs(model, attn_map, add_probs)
+    return capture_attention_entropy(model, attn_map, add_entropy)
+
+
+def _pool_hooks(
+    blocks: Sequence[nn.Module] | nn.ModuleList,
+    pooled: dict[tuple[str, str], tuple[int, ...]],
+    per_batch: dict[tuple[str, str], dict[int, Tensor]],
+    current_mask: list[Tensor | None],
+) -> list[Any]:
+    """Register one hook per block and site that pools its hidden states for every pooling asked there."""
+
     def pool_at(site: str, layer: int):
         wanted = [key for key, layers in pooled.items() if key[0] == site and layer in layers]
 
@@ -220,7 +268,7 @@ def _probe_pass(
 
         return take
 
-    handles = []
+    handles: list[Any] = []
     try:
         for layer in sorted({i for (site, _), ls in pooled.items() if site == "output" for i in ls}):
             take = pool_at("output", layer)
@@ -233,42 +281,11 @@ def _probe_pass(
                     with_kwargs=True,
                 )
             )
-        seen: set[int] = set()
-        with eval_mode(model), torch.no_grad(), no_fastpath():
-            for batch in batches:
-                mask = batch.get("attention_mask")
-                current_mask[0] = mask if isinstance(mask, Tensor) and mask.dim() == 2 else None
-                ctx = precision_context() if precision_context is not None else _null()
-                extra: dict[str, Any] = {}
-                capture: Any
-                if not attn_map:
-                    capture = _null()
-                elif source == "probs":
-                    from lightning_inflect.capture.probs import capture_attention_probs
-
-                    capture = capture_attention_probs(model, attn_map, add_probs)
-                else:
-                    capture = capture_attention_entropy(model, attn_map, add_entropy)
-                with capture as kwargs, ctx:
-                    extra = kwargs if isinstance(kwargs, dict) else {}
-                    model(**batch, **extra)
-                result.forwards += 1
-                for key, got in per_batch.items():
-                    result.pooled[key].append(torch.stack([got[layer] for layer in pooled[key]]))
-                    got.clear()
-                if reductions:
-                    seen |= set(sums[reductions[0]])
-    finally:
-        for h in handles:
+    except BaseException:
+        for h in handles:  # a block index out of range: leave no hook behind
             h.remove()
-    if attn_map:
-        wanted_layers = tuple(sorted(attn_map.values()))
-        result.missing = tuple(layer for layer in wanted_layers if layer not in seen)
-        result.entropy_layers = tuple(layer for layer in wanted_layers if layer in seen)
-        result.entropy_source = source if result.entropy_layers else None
-        if result.entropy_layers:
-            result.entropy = {r: _stack_sums([sums[r][layer] for layer in result.entropy_layers]) for r in reductions}
-    return result
+        raise
+    return handles
 
 
 def _first(out: Any) -> Any:
