@@ -18,27 +18,22 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning_inflect.architectures import (
     LayerInfo,
     check_layer_indices,
-    find_attention_modules,
     find_hf_model,
     find_layers,
 )
 from lightning_inflect.callbacks.base import _InflectMonitor, layer_key
 from lightning_inflect.callbacks.session import flush_monitors
 from lightning_inflect.capture import (
-    ActivationGradCapture,
-    EntropyRequest,
-    PooledRequest,
     default_model_inputs,
-    mean_norms,
-    run_probe,
     to_device,
 )
-from lightning_inflect.functional import cka_from_hsic, grouped_grad_norms, hsic_terms
 from lightning_inflect.history import MetricHistory
 from lightning_inflect.injection import (
     ADAPTER_NAME,
+    PROBE_METRICS,
     InjectionRecord,
     InjectionSchedule,
+    StepGradients,
     add_parameter_group,
     count_trainable,
     drop_frozen_parameters,
@@ -47,6 +42,7 @@ from lightning_inflect.injection import (
     head_module_names,
     inject_lora,
     lora_parameters,
+    probe_diagnostics,
     resolve_targets,
 )
 from lightning_inflect.selection import SKI, GradientSuppressionTrigger, Selection, Selector
@@ -249,8 +245,7 @@ class InjectionCallback(Callback):
         self._restored: InjectionRecord | None = None
         self._boundary = True
         self._step_at_start = -1
-        self._grad_capture: ActivationGradCapture | None = None
-        self._own_grads: dict[str, list[float]] = {}
+        self._grads: StepGradients | None = None
         self._load_hook: Any = None
         self._batch_checked = False
 
@@ -425,40 +420,26 @@ class InjectionCallback(Callback):
                 self._model_inputs(batch)
         if self.injected or self.planned_step is None:
             return
+        grads = self._step_gradients()
         if self.auto and step == self.planned_step - 1 and self._needs_own("act_grad_norm"):
-            if self._grad_capture is None:
-                self._grad_capture = ActivationGradCapture(self._blocks.blocks, range(self._blocks.num_layers))
-                self._grad_capture.arm()
-            self._grad_capture.new_micro_batch()
+            grads.arm()
         if self._boundary and (self.schedule.due(step) or self._trigger_fired(trainer)):
             if (
                 self.auto
-                and self._grad_capture is None
-                and any(self._needs_own(m) and m not in self._own_grads for m in ("act_grad_norm", "param_grad_norm"))
+                and not grads.armed
+                and any(self._needs_own(m) and m not in grads.collected for m in ("act_grad_norm", "param_grad_norm"))
             ):
                 # The selector needs gradients nobody logged and this step was not foreseen (at_epoch, a trigger,
                 # step 0): probe this step's backward and inject at the next one.
                 self.schedule.postpone_to(step + 1)
-                self._grad_capture = ActivationGradCapture(self._blocks.blocks, range(self._blocks.num_layers))
-                self._grad_capture.arm()
-                self._grad_capture.new_micro_batch()
+                grads.arm()
                 return
             self._inject(trainer, pl_module, batch, step)
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
         if self.injected or self.planned_step is None or trainer.global_step != self.planned_step - 1:
             return
-        if self.auto and self._needs_own("param_grad_norm"):
-            groups = [
-                [p.grad for p in b.parameters() if p.requires_grad and p.grad is not None] for b in self._blocks.blocks
-            ]
-            self._own_grads["param_grad_norm"] = grouped_grad_norms(groups).tolist()
-        if self._grad_capture is not None:
-            self._grad_capture.disarm()
-            sums, counts = self._grad_capture.read()
-            host = sums.tolist() if sums is not None else [0.0] * len(counts)
-            self._own_grads["act_grad_norm"] = mean_norms(host, counts)
-            self._grad_capture = None
+        self._step_gradients().collect(parameters=self.auto and self._needs_own("param_grad_norm"))
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, i: int):
         self._boundary = trainer.global_step != self._step_at_start
@@ -519,8 +500,7 @@ class InjectionCallback(Callback):
             needed |= set(self.fallback_selector.requires)
         logged = {m for cb in getattr(self._trainer_ref, "callbacks", []) if isinstance(cb, _InflectMonitor)
                   for m in cb.metrics}  # fmt: skip
-        probe = {"attn_entropy", "attn_entropy_normalized", "cka_importance"}
-        return sorted((needed & probe) - logged)
+        return sorted((needed & set(PROBE_METRICS)) - logged)
 
     def _needs_own(self, metric: str) -> bool:
         needed = set(self.selector.requires) if self.selector else set()
@@ -554,41 +534,21 @@ class InjectionCallback(Callback):
             hist = self._monitor_history(trainer, metric)
             if hist is not None:
                 history[metric] = hist
-            elif metric in self._own_grads:
-                history[metric] = MetricHistory(blocks, [step - 1], [self._own_grads[metric]])
-            elif metric in ("attn_entropy", "attn_entropy_normalized", "cka_importance"):
+            elif metric in self._step_gradients().collected:
+                history[metric] = MetricHistory(blocks, [step - 1], [self._step_gradients().collected[metric]])
+            elif metric in PROBE_METRICS:
                 probe_metrics.append(metric)
         if probe_metrics:
-            history.update(self._own_probe(trainer, batch, step, probe_metrics))
+            device = next(self._model.parameters()).device
+            inputs = to_device(self._model_inputs(batch), device)
+            context = trainer.precision_plugin.forward_context
+            history.update(probe_diagnostics(self._model, self._blocks, inputs, step, probe_metrics, context))
         return history
 
-    def _own_probe(self, trainer: pl.Trainer, batch: Any, step: int, metrics: list[str]) -> dict[str, MetricHistory]:
-        n = self._blocks.num_layers
-        device = next(self._model.parameters()).device
-        inputs = to_device(self._model_inputs(batch), device)
-        blocks = tuple(range(n))
-        entropy, outputs, first_input = EntropyRequest(blocks), PooledRequest(blocks), PooledRequest((0,), site="input")
-        result = run_probe(
-            self._model,
-            [inputs],
-            self._blocks.blocks,
-            [entropy, outputs, first_input],
-            attention_modules=find_attention_modules(self._blocks),
-            precision_context=trainer.precision_plugin.forward_context,
-        )
-        out: dict[str, MetricHistory] = {}
-        if "attn_entropy" in metrics or "attn_entropy_normalized" in metrics:
-            sums = result.answer(entropy)
-            values = torch.stack([sums.pooled_mean(), sums.pooled_normalized_mean()])
-            ent, norm = values.tolist()
-            out["attn_entropy"] = MetricHistory(blocks, [step], [ent])
-            out["attn_entropy_normalized"] = MetricHistory(blocks, [step], [norm])
-        if "cka_importance" in metrics:
-            reps = torch.cat([result.answer(first_input)[0], result.answer(outputs)[0]])  # (n + 1, examples, hidden)
-            unbiased = reps.shape[1] >= 4
-            values = 1.0 - cka_from_hsic(hsic_terms(reps[:-1], reps[1:], unbiased))
-            out["cka_importance"] = MetricHistory(blocks, [step], [values.tolist()])
-        return out
+    def _step_gradients(self) -> StepGradients:
+        if self._grads is None:
+            self._grads = StepGradients(self._blocks)
+        return self._grads
 
     def _choose(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, step: int) -> Selection | None:
         n = self._blocks.num_layers
@@ -712,9 +672,9 @@ class InjectionCallback(Callback):
         if self._load_hook is not None:
             self._load_hook.remove()
             self._load_hook = None
-        if self._grad_capture is not None:
-            self._grad_capture.disarm()
-            self._grad_capture = None
+        if self._grads is not None:
+            self._grads.disarm()
+            self._grads = None
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self.teardown(trainer, pl_module, "fit")

@@ -1,5 +1,6 @@
 """peft glue and optimizer surgery for injecting LoRA partway through training (no Lightning imports)."""
 
+from lightning_inflect.injection.diagnostics import PROBE_METRICS, StepGradients, probe_diagnostics
 from lightning_inflect.injection.lora import (
     ADAPTER_NAME,
     InjectionRecord,
@@ -16,8 +17,10 @@ from lightning_inflect.injection.schedule import InjectionSchedule
 
 __all__ = [
     "ADAPTER_NAME",
+    "PROBE_METRICS",
     "InjectionRecord",
     "InjectionSchedule",
+    "StepGradients",
     "add_parameter_group",
     "count_trainable",
     "drop_frozen_parameters",
@@ -27,5 +30,6 @@ __all__ = [
     "head_module_names",
     "inject_lora",
     "lora_parameters",
+    "probe_diagnostics",
     "resolve_targets",
 ]
