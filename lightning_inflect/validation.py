@@ -11,10 +11,21 @@ Example:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-__all__ = ["check_bool", "check_callable", "check_choice", "check_int", "check_number", "check_str", "check_str_list"]
+__all__ = [
+    "check_bool",
+    "check_callable",
+    "check_choice",
+    "check_int",
+    "check_number",
+    "check_str",
+    "check_str_list",
+    "check_writable_dir",
+]
 
 
 def _got(value: Any) -> str:
@@ -136,3 +147,24 @@ def check_callable(name: str, value: Any, optional: bool = True) -> None:
     if (optional and value is None) or callable(value):
         return
     raise ValueError(f"Expected argument `{name}` to be callable but got {_got(value)}.")
+
+
+def check_writable_dir(name: str, path: str | Path, hint: str = "") -> None:
+    """A folder (existing or not yet) that can be written: not a file, and its nearest existing parent writable.
+
+    Example:
+        >>> check_writable_dir("export_dir", __file__)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: Expected argument `export_dir` to be a folder but '...validation.py' is a file.
+    """
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ValueError(
+            f"Expected argument `{name}` to be a folder but {str(p)!r} is a file." + (f" {hint}" if hint else "")
+        )
+    existing = next(q for q in (p, *p.parents) if q.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(
+            f"Expected argument `{name}` to be writable but {str(existing)!r} is not." + (f" {hint}" if hint else "")
+        )

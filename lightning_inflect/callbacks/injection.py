@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -35,7 +34,9 @@ from lightning_inflect.injection import (
     InjectionSchedule,
     StepGradients,
     add_parameter_group,
+    check_module_names,
     count_trainable,
+    default_targets,
     drop_frozen_parameters,
     export_adapters,
     extend_scheduler,
@@ -54,6 +55,7 @@ from lightning_inflect.validation import (
     check_number,
     check_str,
     check_str_list,
+    check_writable_dir,
 )
 
 __all__ = ["InjectionCallback"]
@@ -306,21 +308,10 @@ class InjectionCallback(Callback):
         self._check_export_dir()
         self._batch_checked = False
         if self.target_modules is None:
-            layout = self._blocks.layout
-            if layout is None or not layout.lora_targets:
-                raise ValueError(
-                    f"No default LoRA targets for model_type={getattr(self._model.config, 'model_type', None)!r}: "
-                    "pass `target_modules=` (module names inside a block, e.g. ['q_proj', 'v_proj'])."
-                )
-            self.target_modules = list(layout.lora_targets) + (list(layout.mlp_targets) if self.include_mlp else [])
+            self.target_modules = default_targets(self._model, self._blocks, self.include_mlp)
         check_blocks = check_layer_indices(self.layers_arg, n) if self.layers_arg else [0]
         resolve_targets(self._blocks, check_blocks, self.target_modules, "")  # fails now if a target matches nothing
-        names = dict(self._model.named_modules())
-        for m in self.keep_trainable:
-            if m not in names:
-                raise ValueError(
-                    f"Expected every entry of `keep_trainable` to name a module of the model but got {m!r}."
-                )
+        check_module_names(self._model, self.keep_trainable, "keep_trainable")
         if self.trigger is not None and not any(
             isinstance(cb, _InflectMonitor) and "act_grad_norm" in cb.history for cb in _callbacks(trainer)
         ):
@@ -337,18 +328,11 @@ class InjectionCallback(Callback):
         """Fail at setup, not after training, when the export folder cannot be written."""
         if not self.export or self.export_dir is None:
             return
-        path = Path(self.export_dir)
-        if path.exists() and not path.is_dir():
-            raise ValueError(
-                f"Expected argument `export_dir` to be a folder but {str(path)!r} is a file: the adapters go to "
-                f"`<export_dir>/inflect_adapters`. Pass another `export_dir=`, or `export=False`."
-            )
-        existing = next(p for p in (path, *path.parents) if p.exists())
-        if not os.access(existing, os.W_OK | os.X_OK):
-            raise ValueError(
-                f"Expected argument `export_dir` to be writable but {str(existing)!r} is not: the adapters could not "
-                "be saved at the end of fit. Pass another `export_dir=`, or `export=False`."
-            )
+        hint = (
+            "The adapters go to `<export_dir>/inflect_adapters` at the end of fit: pass another `export_dir=`, or "
+            "`export=False`."
+        )
+        check_writable_dir("export_dir", self.export_dir, hint)
 
     def _read_record(self, data: Any, where: str) -> InjectionRecord:
         """The saved record, or an error that names this callback and the checkpoint."""
@@ -637,15 +621,7 @@ class InjectionCallback(Callback):
             metrics.update({layer_key(p, "inflection_score", i): s for i, s in enumerate(record.scores)})
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=record.step)
-        lora_numel = sum(int(q.numel()) for q in lora_parameters(self._model, self.adapter_name))
-        text = (
-            f"**Injected LoRA at step {record.step}** into blocks {record.layers} "
-            f"(r={record.r}, lora_alpha={record.lora_alpha}, lora_dropout={record.lora_dropout}).\n\n"
-            f"Reason: {record.reason}\n\n"
-            f"Trainable parameters: {record.trainable_before:,} before, {record.trainable_after:,} after "
-            f"(LoRA: {lora_numel:,}; kept trainable: "
-            f"{record.keep_trainable}).\n\nModules: " + ", ".join(f"`{t}`" for t in record.target_modules)
-        )
+        text = record.describe(sum(int(q.numel()) for q in lora_parameters(self._model, self.adapter_name)))
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 if isinstance(logger, TensorBoardLogger):

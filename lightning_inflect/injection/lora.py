@@ -19,7 +19,9 @@ ADAPTER_NAME = "inflect"
 __all__ = [
     "ADAPTER_NAME",
     "InjectionRecord",
+    "check_module_names",
     "count_trainable",
+    "default_targets",
     "export_adapters",
     "head_module_names",
     "inject_lora",
@@ -62,6 +64,17 @@ class InjectionRecord:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def describe(self, lora_numel: int) -> str:
+        """What was done, in words (Markdown): blocks, LoRA settings, reason, parameter counts, modules."""
+        return (
+            f"**Injected LoRA at step {self.step}** into blocks {self.layers} "
+            f"(r={self.r}, lora_alpha={self.lora_alpha}, lora_dropout={self.lora_dropout}).\n\n"
+            f"Reason: {self.reason}\n\n"
+            f"Trainable parameters: {self.trainable_before:,} before, {self.trainable_after:,} after "
+            f"(LoRA: {lora_numel:,}; kept trainable: {self.keep_trainable}).\n\nModules: "
+            + ", ".join(f"`{t}`" for t in self.target_modules)
+        )
+
     @classmethod
     def from_dict(cls, data: dict) -> InjectionRecord:
         known = {f for f in cls.__dataclass_fields__}
@@ -87,6 +100,30 @@ def head_module_names(model: nn.Module) -> list[str]:
     if base is model:
         return []
     return [n for n, child in model.named_children() if child is not base and any(True for _ in child.parameters())]
+
+
+def default_targets(model: nn.Module, info: LayerInfo, include_mlp: bool = False) -> list[str]:
+    """The architectures table's LoRA targets (module names inside a block) for ``model``.
+
+    Raises:
+        ValueError: when the table has none for this ``model_type``, with the ``target_modules=`` fix.
+    """
+    layout = info.layout
+    if layout is None or not layout.lora_targets:
+        model_type = getattr(getattr(model, "config", None), "model_type", None)
+        raise ValueError(
+            f"No default LoRA targets for model_type={model_type!r}: pass `target_modules=` (module names inside a "
+            "block, e.g. ['q_proj', 'v_proj'])."
+        )
+    return list(layout.lora_targets) + (list(layout.mlp_targets) if include_mlp else [])
+
+
+def check_module_names(model: nn.Module, names: Sequence[str], arg: str) -> None:
+    """Every entry of ``names`` names a module of ``model`` (``arg`` is the option that gave them)."""
+    modules = dict(model.named_modules())
+    for m in names:
+        if m not in modules:
+            raise ValueError(f"Expected every entry of `{arg}` to name a module of the model but got {m!r}.")
 
 
 def resolve_targets(info: LayerInfo, layers: Sequence[int], target_modules: Sequence[str], prefix: str) -> list[str]:
