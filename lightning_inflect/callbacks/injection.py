@@ -33,18 +33,16 @@ from lightning_inflect.injection import (
     InjectionRecord,
     InjectionSchedule,
     StepGradients,
-    add_parameter_group,
     check_module_names,
     count_trainable,
     default_targets,
-    drop_frozen_parameters,
     export_adapters,
-    extend_scheduler,
     head_module_names,
     inject_lora,
     lora_parameters,
     probe_diagnostics,
     resolve_targets,
+    retarget_optimizer,
 )
 from lightning_inflect.selection import SKI, GradientSuppressionTrigger, Selection, Selector
 from lightning_inflect.validation import (
@@ -595,17 +593,10 @@ class InjectionCallback(Callback):
 
     def _update_optimizers(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         trainable = [p for p in pl_module.parameters() if p.requires_grad]
-        lora = {id(p) for p in lora_parameters(self._model, self.adapter_name)}
+        lora = lora_parameters(self._model, self.adapter_name)
+        schedulers = [config.scheduler for config in trainer.lr_scheduler_configs]
         for optimizer in trainer.optimizers:
-            # On resume, configure_optimizers already saw the adapters: take them out so that they form the one
-            # new group, exactly as in the run that saved the checkpoint.
-            for group in optimizer.param_groups:
-                group["params"] = [p for p in group["params"] if id(p) not in lora]
-            drop_frozen_parameters(optimizer)
-            if add_parameter_group(optimizer, trainable) is not None:
-                for config in trainer.lr_scheduler_configs:
-                    if config.scheduler.optimizer is optimizer:
-                        extend_scheduler(config.scheduler)
+            retarget_optimizer(optimizer, trainable, lora, schedulers)
 
     @staticmethod
     def _rewrap_ddp(trainer: pl.Trainer) -> None:

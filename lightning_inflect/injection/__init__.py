@@ -14,7 +14,12 @@ from lightning_inflect.injection.lora import (
     lora_parameters,
     resolve_targets,
 )
-from lightning_inflect.injection.optim import add_parameter_group, drop_frozen_parameters, extend_scheduler
+from lightning_inflect.injection.optim import (
+    add_parameter_group,
+    drop_frozen_parameters,
+    extend_scheduler,
+    retarget_optimizer,
+)
 from lightning_inflect.injection.schedule import InjectionSchedule
 
 __all__ = [
@@ -36,4 +41,5 @@ __all__ = [
     "lora_parameters",
     "probe_diagnostics",
     "resolve_targets",
+    "retarget_optimizer",
 ]

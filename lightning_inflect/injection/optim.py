@@ -15,7 +15,7 @@ from typing import Any
 from torch import nn
 from torch.optim import Optimizer
 
-__all__ = ["add_parameter_group", "drop_frozen_parameters", "extend_scheduler"]
+__all__ = ["add_parameter_group", "drop_frozen_parameters", "extend_scheduler", "retarget_optimizer"]
 
 
 def drop_frozen_parameters(optimizer: Optimizer) -> int:
@@ -103,6 +103,26 @@ def extend_scheduler(scheduler: Any, template_group: int = 0) -> None:
     if isinstance(last, list):
         while len(last) < n:
             last.append(optimizer.param_groups[len(last)]["lr"])
+
+
+def retarget_optimizer(
+    optimizer: Optimizer, trainable: Sequence[nn.Parameter], new: Iterable[nn.Parameter], schedulers: Iterable[Any]
+) -> None:
+    """Make ``optimizer`` train exactly ``trainable``, the ``new`` parameters in one group of their own.
+
+    ``new`` parameters already in a group (on resume, ``configure_optimizers`` saw them) are taken out first, so the
+    groups are exactly those of the run that saved the checkpoint; frozen parameters leave their groups; the new
+    group copies group 0 (:func:`add_parameter_group`), and the ``schedulers`` that drive this optimizer are
+    extended for it (:func:`extend_scheduler`).
+    """
+    ids = {id(p) for p in new}
+    for group in optimizer.param_groups:
+        group["params"] = [p for p in group["params"] if id(p) not in ids]
+    drop_frozen_parameters(optimizer)
+    if add_parameter_group(optimizer, trainable) is not None:
+        for scheduler in schedulers:
+            if getattr(scheduler, "optimizer", None) is optimizer:
+                extend_scheduler(scheduler)
 
 
 def parameter_names(module: nn.Module, params: Sequence[nn.Parameter]) -> list[str]:
