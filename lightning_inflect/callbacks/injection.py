@@ -10,7 +10,6 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
@@ -20,19 +19,13 @@ from lightning_inflect.architectures import (
     find_hf_model,
     find_layers,
 )
-from lightning_inflect.callbacks.base import _InflectMonitor, layer_key
-from lightning_inflect.callbacks.session import flush_monitors
-from lightning_inflect.capture import (
-    default_model_inputs,
-    to_device,
-)
-from lightning_inflect.history import MetricHistory
+from lightning_inflect.callbacks.base import _InflectMonitor
+from lightning_inflect.callbacks.injection_state import read_record, read_state, report_injection, saved_record
+from lightning_inflect.callbacks.selector_inputs import SelectorInputs
 from lightning_inflect.injection import (
     ADAPTER_NAME,
-    PROBE_METRICS,
     InjectionRecord,
     InjectionSchedule,
-    StepGradients,
     check_module_names,
     count_trainable,
     default_targets,
@@ -40,11 +33,10 @@ from lightning_inflect.injection import (
     head_module_names,
     inject_lora,
     lora_parameters,
-    probe_diagnostics,
     resolve_targets,
     retarget_optimizer,
 )
-from lightning_inflect.selection import SKI, GradientSuppressionTrigger, Selection, Selector
+from lightning_inflect.selection import SKI, GradientSuppressionTrigger, Selection, Selector, select_or_fall_back
 from lightning_inflect.validation import (
     check_bool,
     check_callable,
@@ -94,6 +86,79 @@ def _check_which_blocks(
             raise ValueError(
                 f"Expected argument `{name}` to be a lightning_inflect.selection.Selector but got {sel!r}."
             )
+
+
+_EXPORT_HINT = (
+    "The adapters go to `<export_dir>/inflect_adapters` at the end of fit: pass another `export_dir=`, or "
+    "`export=False`."
+)
+
+
+def _check_fit(trainer: pl.Trainer, pl_module: pl.LightningModule, trigger: GradientSuppressionTrigger | None) -> None:
+    """What the Trainer and the LightningModule must offer; checked in ``setup``."""
+    if not pl_module.automatic_optimization:
+        raise ValueError(
+            "InjectionCallback needs automatic optimization: with `automatic_optimization = False` it cannot know "
+            "which optimizer steps to extend. Inject by hand with `lightning_inflect.injection.inject_lora`."
+        )
+    if type(trainer.strategy) not in (SingleDeviceStrategy, DDPStrategy):
+        raise NotImplementedError(
+            f"InjectionCallback does not support {type(trainer.strategy).__name__}: tested are the single-device "
+            "strategy and DDP (`strategy='ddp'`, CPU/gloo). DeepSpeed, FSDP and the others are not."
+        )
+    if trigger is not None and not any(
+        isinstance(cb, _InflectMonitor) and "act_grad_norm" in cb.history for cb in _callbacks(trainer)
+    ):
+        raise ValueError(
+            "`trigger=` reads activation-gradient norms: add `GradientNormMonitor(every_n_steps=...)` (with "
+            "'activation' in its `norms`) to the Trainer's callbacks."
+        )
+
+
+def _default_export_dir(trainer: pl.Trainer) -> str:
+    """The checkpoint folder, else the log folder, else the Trainer's root folder."""
+    ckpt_dir = getattr(trainer.checkpoint_callback, "dirpath", None)
+    return ckpt_dir or trainer.log_dir or trainer.default_root_dir
+
+
+def _retarget_optimizers(trainer: pl.Trainer, pl_module: pl.LightningModule, lora: list[torch.nn.Parameter]) -> None:
+    """Every optimizer trains exactly the module's trainable set, the adapters in one new group of their own."""
+    trainable = [p for p in pl_module.parameters() if p.requires_grad]
+    schedulers = [config.scheduler for config in trainer.lr_scheduler_configs]
+    for optimizer in trainer.optimizers:
+        retarget_optimizer(optimizer, trainable, lora, schedulers)
+
+
+def _rewrap_ddp(trainer: pl.Trainer) -> None:
+    """Wrap the module in DDP again, so that DDP's reducer knows the new trainable set (DESIGN section 4.6)."""
+    strategy = trainer.strategy
+    if isinstance(strategy, DDPStrategy) and strategy.model is not strategy.lightning_module:
+        strategy.model = strategy.lightning_module
+        strategy.configure_ddp()
+
+
+def _check_options(**options: Any) -> None:
+    """Every option of :class:`InjectionCallback` but the schedule, checked at construction."""
+    o = options
+    for name in ("auto", "include_mlp", "freeze_backbone", "export", "export_merged"):
+        check_bool(name, o[name])
+    _check_which_blocks(o["auto"], o["layers"], o["selector"], o["trigger"], o["fallback_selector"])
+    check_int("r", o["r"], low=1)
+    check_number("lora_alpha", o["lora_alpha"], 0.0, None, open_low=True)
+    check_number("lora_dropout", o["lora_dropout"], 0.0, 1.0, open_high=True)
+    check_str_list("target_modules", o["target_modules"], allow_empty=False, optional=True)
+    check_str_list("keep_trainable", o["keep_trainable"])
+    check_choice("on_empty", o["on_empty"], ["raise", "skip", "fallback"])
+    check_str("model_attr", o["model_attr"], optional=True, hint="For example `model_attr='model'`.")
+    check_str("layers_path", o["layers_path"], optional=True, hint="For example `layers_path='encoder.layer'`.")
+    check_str("log_key_prefix", o["log_key_prefix"], hint="The default is 'inflect'.")
+    check_str("adapter_name", o["adapter_name"], hint=f"The default is {ADAPTER_NAME!r}.")
+    check_callable("probe_inputs", o["probe_inputs"])
+    export_dir = o["export_dir"]
+    if export_dir is not None and not isinstance(export_dir, (str, Path)):
+        raise ValueError(f"Expected argument `export_dir` to be None, a str or a Path but got {export_dir!r}.")
+    if o["on_empty"] == "fallback" and o["fallback_selector"] is None:
+        raise ValueError("`on_empty='fallback'` needs `fallback_selector=`, for example `TopK(k=4)`.")
 
 
 class InjectionCallback(Callback):
@@ -170,6 +235,20 @@ class InjectionCallback(Callback):
         "InjectionCallback{'at_step': 500, 'at_epoch': None, 'at_fraction': None}"
     """
 
+    # What one fit learns (set in setup and the hooks; the defaults are the state before any fit).
+    record: InjectionRecord | None = None
+    selection: Selection | None = None
+    export_path: Path | None = None
+    _trainer_ref: pl.Trainer | None = None
+    _hf_model: torch.nn.Module | None = None
+    _info: LayerInfo | None = None
+    _restored: InjectionRecord | None = None
+    _boundary = True
+    _step_at_start = -1
+    _selector_inputs: SelectorInputs | None = None
+    _load_hook: Any = None
+    _batch_checked = False
+
     def __init__(
         self,
         auto: bool = False,
@@ -198,31 +277,19 @@ class InjectionCallback(Callback):
         probe_inputs: Callable[[Any], Mapping[str, Any]] | None = None,
     ) -> None:
         self.schedule = InjectionSchedule(at_step, at_epoch, at_fraction, min_step=1 if auto is True else 0)
-        for name, flag in (("auto", auto), ("include_mlp", include_mlp), ("freeze_backbone", freeze_backbone),
-                           ("export", export), ("export_merged", export_merged)):  # fmt: skip
-            check_bool(name, flag)
-        _check_which_blocks(auto, layers, selector, trigger, fallback_selector)
-        check_int("r", r, low=1)
-        check_number("lora_alpha", lora_alpha, 0.0, None, open_low=True)
-        check_number("lora_dropout", lora_dropout, 0.0, 1.0, open_high=True)
-        check_str_list("target_modules", target_modules, allow_empty=False, optional=True)
-        check_str_list("keep_trainable", keep_trainable)
-        check_choice("on_empty", on_empty, ["raise", "skip", "fallback"])
-        check_str("model_attr", model_attr, optional=True, hint="For example `model_attr='model'`.")
-        check_str("layers_path", layers_path, optional=True, hint="For example `layers_path='encoder.layer'`.")
-        check_str("log_key_prefix", log_key_prefix, hint="The default is 'inflect'.")
-        check_str("adapter_name", adapter_name, hint=f"The default is {ADAPTER_NAME!r}.")
-        check_callable("probe_inputs", probe_inputs)
-        if export_dir is not None and not isinstance(export_dir, (str, Path)):
-            raise ValueError(f"Expected argument `export_dir` to be None, a str or a Path but got {export_dir!r}.")
-        if on_empty == "fallback" and fallback_selector is None:
-            raise ValueError("`on_empty='fallback'` needs `fallback_selector=`, for example `TopK(k=4)`.")
+        _check_options(
+            auto=auto, layers=layers, selector=selector, trigger=trigger, r=r, lora_alpha=lora_alpha,
+            lora_dropout=lora_dropout, target_modules=target_modules, include_mlp=include_mlp,
+            freeze_backbone=freeze_backbone, keep_trainable=keep_trainable, on_empty=on_empty,
+            fallback_selector=fallback_selector, export=export, export_merged=export_merged, export_dir=export_dir,
+            model_attr=model_attr, layers_path=layers_path, log_key_prefix=log_key_prefix, adapter_name=adapter_name,
+            probe_inputs=probe_inputs,
+        )  # fmt: skip
         self.auto = auto
         self.layers_arg = None if layers is None else list(layers)
         self.selector = (selector or SKI()) if auto else None
         self.at_step, self.at_epoch, self.at_fraction = at_step, at_epoch, at_fraction
         self.trigger = trigger
-        self._trigger_rows = 0
         self._trigger_reason = ""
         self.r, self.lora_alpha, self.lora_dropout = r, float(lora_alpha), float(lora_dropout)
         self.target_modules = None if target_modules is None else list(target_modules)
@@ -236,18 +303,6 @@ class InjectionCallback(Callback):
         self.log_key_prefix = log_key_prefix
         self.adapter_name = adapter_name
         self.probe_inputs = probe_inputs
-
-        self.record: InjectionRecord | None = None
-        self.selection: Selection | None = None
-        self.export_path: Path | None = None
-        self._hf_model: torch.nn.Module | None = None
-        self._info: LayerInfo | None = None
-        self._restored: InjectionRecord | None = None
-        self._boundary = True
-        self._step_at_start = -1
-        self._grads: StepGradients | None = None
-        self._load_hook: Any = None
-        self._batch_checked = False
 
     @property
     def state_key(self) -> str:
@@ -284,16 +339,7 @@ class InjectionCallback(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        if not pl_module.automatic_optimization:
-            raise ValueError(
-                "InjectionCallback needs automatic optimization: with `automatic_optimization = False` it cannot know "
-                "which optimizer steps to extend. Inject by hand with `lightning_inflect.injection.inject_lora`."
-            )
-        if type(trainer.strategy) not in (SingleDeviceStrategy, DDPStrategy):
-            raise NotImplementedError(
-                f"InjectionCallback does not support {type(trainer.strategy).__name__}: tested are the single-device "
-                "strategy and DDP (`strategy='ddp'`, CPU/gloo). DeepSpeed, FSDP and the others are not."
-            )
+        _check_fit(trainer, pl_module, self.trigger)
         self._trainer_ref = trainer
         _, self._hf_model = find_hf_model(pl_module, self.model_attr)
         self._info = find_layers(self._model, self.layers_path)
@@ -303,51 +349,20 @@ class InjectionCallback(Callback):
         for sel in (self.selector, self.fallback_selector):
             if sel is not None:
                 sel.check_fits(n)
-        self._check_export_dir()
+        if self.export and self.export_dir is not None:
+            check_writable_dir("export_dir", self.export_dir, _EXPORT_HINT)
+        selectors = [sel for sel in (self.selector, self.fallback_selector) if sel is not None]
+        self._selector_inputs = SelectorInputs(trainer, self._model, self._blocks, selectors, self.probe_inputs)
         self._batch_checked = False
         if self.target_modules is None:
             self.target_modules = default_targets(self._model, self._blocks, self.include_mlp)
         check_blocks = check_layer_indices(self.layers_arg, n) if self.layers_arg else [0]
         resolve_targets(self._blocks, check_blocks, self.target_modules, "")  # fails now if a target matches nothing
         check_module_names(self._model, self.keep_trainable, "keep_trainable")
-        if self.trigger is not None and not any(
-            isinstance(cb, _InflectMonitor) and "act_grad_norm" in cb.history for cb in _callbacks(trainer)
-        ):
-            raise ValueError(
-                "`trigger=` reads activation-gradient norms: add `GradientNormMonitor(every_n_steps=...)` (with "
-                "'activation' in its `norms`) to the Trainer's callbacks."
-            )
         if self.record is None:
             # Lightning restores the weights before the callbacks' state and names the checkpoint only after
             # `setup`: re-apply a saved injection just before the LightningModule's weights are loaded.
             self._load_hook = pl_module.register_load_state_dict_pre_hook(self._before_weights_load)
-
-    def _check_export_dir(self) -> None:
-        """Fail at setup, not after training, when the export folder cannot be written."""
-        if not self.export or self.export_dir is None:
-            return
-        hint = (
-            "The adapters go to `<export_dir>/inflect_adapters` at the end of fit: pass another `export_dir=`, or "
-            "`export=False`."
-        )
-        check_writable_dir("export_dir", self.export_dir, hint)
-
-    def _read_record(self, data: Any, where: str) -> InjectionRecord:
-        """The saved record, or an error that names this callback and the checkpoint."""
-        try:
-            record = InjectionRecord.from_dict(dict(data))
-            check_layer_indices(list(record.layers), self._blocks.num_layers if self._info else 10**9)
-            check_str_list("target_modules", record.target_modules, allow_empty=False)
-            return record
-        except (TypeError, ValueError, AttributeError, KeyError) as err:
-            raise self._corrupt(where, f"{type(err).__name__}: {err}") from err
-
-    def _corrupt(self, what: str, detail: str) -> RuntimeError:
-        ckpt = getattr(self._trainer_ref, "ckpt_path", None) or "the checkpoint"
-        return RuntimeError(
-            f"{self.state_key} could not read its {what} from {ckpt}: {detail}. The checkpoint's callback state is "
-            "corrupt or was written by other code; resume from another checkpoint, or start without `ckpt_path`."
-        )
 
     def _before_weights_load(self, module: torch.nn.Module, state_dict: dict, *args: Any) -> None:
         ours = f".{self.adapter_name}."
@@ -355,19 +370,14 @@ class InjectionCallback(Callback):
             return
         if not any(".lora_" in k and ours in k for k in state_dict):  # a model's own adapters are not ours
             return
-        trainer = self._trainer_ref
-        loaded = getattr(getattr(trainer, "_checkpoint_connector", None), "_loaded_checkpoint", None) or {}
-        state = (loaded.get("callbacks") or {}).get(self.state_key)
-        if state is not None and not isinstance(state, Mapping):
-            raise self._corrupt("state", f"expected a dict but got {type(state).__name__}")
-        data = (state or {}).get("record")
+        data = saved_record(self._trainer_ref, self.state_key)
         if not data:
             raise RuntimeError(
                 "The checkpoint holds LoRA weights but no record of InjectionCallback "
                 f"{self.state_key!r}: resume with the InjectionCallback arguments (at_step/at_epoch/at_fraction) "
                 "that made it."
             )
-        record = self._read_record(data, "injection record")
+        record = read_record(data, self._blocks.num_layers, self.state_key, self._trainer_ref)
         inject_lora(self._model, record)
         self._restored = record
 
@@ -377,8 +387,8 @@ class InjectionCallback(Callback):
             self._load_hook = None
         if self._restored is not None:
             # Lightning loads the optimizer state after this hook: give it the groups it was saved with.
-            self._update_optimizers(trainer, pl_module)
-            self._rewrap_ddp(trainer)
+            _retarget_optimizers(trainer, pl_module, lora_parameters(self._model, self.adapter_name))
+            _rewrap_ddp(trainer)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         total = trainer.estimated_stepping_batches
@@ -398,18 +408,19 @@ class InjectionCallback(Callback):
         self._step_at_start = step
         if not self._batch_checked:  # the first batch, before any optimizer step: fail now, not at the injection
             self._batch_checked = True
-            if self.auto and not self.injected and self._own_probe_metrics():
-                self._model_inputs(batch)
+            if self.auto and not self.injected and self._inputs().own_probe_metrics():
+                self._inputs().model_inputs(batch)
         if self.injected or self.planned_step is None:
             return
-        grads = self._step_gradients()
-        if self.auto and step == self.planned_step - 1 and self._needs_own("act_grad_norm"):
+        inputs = self._inputs()
+        grads = inputs.grads
+        if self.auto and step == self.planned_step - 1 and inputs.needs_own("act_grad_norm"):
             grads.arm()
-        if self._boundary and (self.schedule.due(step) or self._trigger_fired(trainer)):
+        if self._boundary and (self.schedule.due(step) or self._trigger_fired()):
             if (
                 self.auto
                 and not grads.armed
-                and any(self._needs_own(m) and m not in grads.collected for m in ("act_grad_norm", "param_grad_norm"))
+                and any(inputs.needs_own(m) and m not in grads.collected for m in ("act_grad_norm", "param_grad_norm"))
             ):
                 # The selector needs gradients nobody logged and this step was not foreseen (at_epoch, a trigger,
                 # step 0): probe this step's backward and inject at the next one.
@@ -421,142 +432,41 @@ class InjectionCallback(Callback):
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
         if self.injected or self.planned_step is None or trainer.global_step != self.planned_step - 1:
             return
-        self._step_gradients().collect(parameters=self.auto and self._needs_own("param_grad_norm"))
+        inputs = self._inputs()
+        inputs.grads.collect(parameters=self.auto and inputs.needs_own("param_grad_norm"))
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, i: int):
         self._boundary = trainer.global_step != self._step_at_start
 
-    def _trigger_fired(self, trainer: pl.Trainer) -> bool:
-        if self.trigger is None:
+    def _trigger_fired(self) -> bool:
+        if self.trigger is None or not self._inputs().trigger_fired(self.trigger):
             return False
-        logged = max(
-            (len(cb.history["act_grad_norm"]) for cb in _callbacks(trainer)
-             if isinstance(cb, _InflectMonitor) and "act_grad_norm" in cb.history),
-            default=0,
-        )  # fmt: skip
-        if logged <= self._trigger_rows:  # nothing new: stay off the per-batch path
-            return False
-        hist = self._monitor_history(trainer, "act_grad_norm")
-        rows = hist.rows if hist else []
-        fired = False
-        for row in rows[self._trigger_rows :]:
-            fired = self.trigger.update(row) or fired
-        self._trigger_rows = len(rows)
-        if fired:
-            self._trigger_reason = f"{self.trigger!r} fired: {self.trigger.reason}; "
-        return fired
+        self._trigger_reason = f"{self.trigger!r} fired: {self.trigger.reason}; "
+        return True
 
-    # ----------------------------------------------------------------------------------------------- decide
-    def _monitor_history(self, trainer: pl.Trainer, metric: str) -> MetricHistory | None:
-        """The first attached monitor's history of ``metric``, over all blocks (NaN where it does not monitor)."""
-        flush_monitors(trainer)  # values the monitors still hold on the device
-        for cb in _callbacks(trainer):
-            if isinstance(cb, _InflectMonitor) and metric in cb.history and len(cb.history[metric]):
-                return cb.history[metric].over(self._blocks.num_layers)
-        return None
-
-    def _model_inputs(self, batch: Any) -> dict[str, Any]:
-        """The model's keyword inputs from a training batch, for the callback's own probe."""
-        if self.probe_inputs is None:
-            try:
-                return default_model_inputs(self._model, batch)
-            except TypeError as err:
-                raise TypeError(
-                    f"InjectionCallback(auto=True) probes the model itself for {self._own_probe_metrics()}, but the "
-                    f"training batch is a {type(batch).__name__}: pass `probe_inputs=` to the InjectionCallback (a "
-                    "function from your batch to a dict such as {'input_ids': ..., 'attention_mask': ...}), or "
-                    "attach the monitors that log these metrics."
-                ) from err
-        inputs = self.probe_inputs(batch)
-        if not isinstance(inputs, Mapping):
-            raise TypeError(
-                f"InjectionCallback's `probe_inputs` must return a dict of model keyword inputs but returned "
-                f"{type(inputs).__name__}."
-            )
-        return dict(inputs)
-
-    def _own_probe_metrics(self) -> list[str]:
-        """Metrics the selectors need from a probe forward that no attached monitor logs."""
-        needed = set(self.selector.requires) if self.selector else set()
-        if self.fallback_selector is not None:
-            needed |= set(self.fallback_selector.requires)
-        logged = {m for cb in getattr(self._trainer_ref, "callbacks", []) if isinstance(cb, _InflectMonitor)
-                  for m in cb.metrics}  # fmt: skip
-        return sorted((needed & set(PROBE_METRICS)) - logged)
-
-    def _needs_own(self, metric: str) -> bool:
-        needed = set(self.selector.requires) if self.selector else set()
-        if self.fallback_selector is not None:
-            needed |= set(self.fallback_selector.requires)
-        if metric not in needed or self._trainer_ref is None:
-            return False
-        return self._monitor_history(self._trainer_ref, metric) is None
-
-    _trainer_ref: pl.Trainer | None = None
+    def _inputs(self) -> SelectorInputs:
+        """What the selectors read, for this fit (made in ``setup``)."""
+        if self._selector_inputs is None:
+            raise RuntimeError("InjectionCallback was used before `setup(stage='fit')`; attach it to a Trainer.")
+        return self._selector_inputs
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.record is not None and self.export and trainer.is_global_zero:
-            base = self.export_dir
-            if base is None:
-                ckpt_cb = trainer.checkpoint_callback
-                base = getattr(ckpt_cb, "dirpath", None) or trainer.log_dir or trainer.default_root_dir
-            self.export_path = export_adapters(
-                self._model, self.record, Path(base) / "inflect_adapters", merged=self.export_merged
-            )
+            folder = Path(self.export_dir or _default_export_dir(trainer)) / "inflect_adapters"
+            self.export_path = export_adapters(self._model, self.record, folder, merged=self.export_merged)
             rank_zero_info(f"InjectionCallback: adapters saved in {self.export_path}")
-
-    def _history(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, step: int
-    ) -> dict[str, MetricHistory]:
-        needed = {m for sel in (self.selector, self.fallback_selector) if sel is not None for m in sel.requires}
-        history: dict[str, MetricHistory] = {}
-        blocks = tuple(range(self._blocks.num_layers))
-        probe_metrics = []
-        for metric in sorted(needed):
-            hist = self._monitor_history(trainer, metric)
-            if hist is not None:
-                history[metric] = hist
-            elif metric in self._step_gradients().collected:
-                history[metric] = MetricHistory(blocks, [step - 1], [self._step_gradients().collected[metric]])
-            elif metric in PROBE_METRICS:
-                probe_metrics.append(metric)
-        if probe_metrics:
-            device = next(self._model.parameters()).device
-            inputs = to_device(self._model_inputs(batch), device)
-            context = trainer.precision_plugin.forward_context
-            history.update(probe_diagnostics(self._model, self._blocks, inputs, step, probe_metrics, context))
-        return history
-
-    def _step_gradients(self) -> StepGradients:
-        if self._grads is None:
-            self._grads = StepGradients(self._blocks)
-        return self._grads
 
     def _choose(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, step: int) -> Selection | None:
         n = self._blocks.num_layers
         if not self.auto:
             layers = check_layer_indices(self.layers_arg, n)
             return Selection(tuple(layers), None, f"manual: layers={self.layers_arg}")
-        history = self._history(trainer, pl_module, batch, step)
         assert self.selector is not None  # auto=True always has one
-        selection = self.selector.select(history, n)
-        if not selection.layers:
-            if self.on_empty == "raise":
-                raise RuntimeError(
-                    f"{self.selector!r} selected no block at step {step}: {selection.reason}. Set "
-                    "`on_empty='skip'` to train on without injection, or `on_empty='fallback'` with a "
-                    "`fallback_selector`."
-                )
-            if self.on_empty == "skip":
-                rank_zero_warn(f"InjectionCallback: no block selected ({selection.reason}); no injection.")
-                return None
-            assert self.fallback_selector is not None  # checked at construction for on_empty="fallback"
-            fallback = self.fallback_selector.select(history, n)
-            selection = Selection(
-                fallback.layers,
-                fallback.scores,
-                f"{selection.reason}; fallback {self.fallback_selector!r}: {fallback.reason}",
-            )
+        history = self._inputs().history(batch, step)
+        selection = select_or_fall_back(self.selector, history, n, self.on_empty, self.fallback_selector, step)
+        if not selection.layers:  # on_empty="skip"
+            rank_zero_warn(f"InjectionCallback: no block selected ({selection.reason}); no injection.")
+            return None
         return selection
 
     # ----------------------------------------------------------------------------------------------- inject
@@ -587,61 +497,29 @@ class InjectionCallback(Callback):
         inject_lora(self._model, record)
         record.trainable_after = count_trainable(self._model)
         self.record, self.selection = record, selection
-        self._update_optimizers(trainer, pl_module)
-        self._rewrap_ddp(trainer)
-        self._report(trainer, record)
-
-    def _update_optimizers(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        trainable = [p for p in pl_module.parameters() if p.requires_grad]
-        lora = lora_parameters(self._model, self.adapter_name)
-        schedulers = [config.scheduler for config in trainer.lr_scheduler_configs]
-        for optimizer in trainer.optimizers:
-            retarget_optimizer(optimizer, trainable, lora, schedulers)
-
-    @staticmethod
-    def _rewrap_ddp(trainer: pl.Trainer) -> None:
-        strategy = trainer.strategy
-        if isinstance(strategy, DDPStrategy) and strategy.model is not strategy.lightning_module:
-            strategy.model = strategy.lightning_module
-            strategy.configure_ddp()
-
-    def _report(self, trainer: pl.Trainer, record: InjectionRecord) -> None:
-        p = self.log_key_prefix
-        metrics = {f"{p}/trainable_params": float(record.trainable_after)}
-        if record.scores is not None:
-            metrics.update({layer_key(p, "inflection_score", i): s for i, s in enumerate(record.scores)})
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=record.step)
-        text = record.describe(sum(int(q.numel()) for q in lora_parameters(self._model, self.adapter_name)))
-        if trainer.is_global_zero:
-            for logger in trainer.loggers:
-                if isinstance(logger, TensorBoardLogger):
-                    logger.experiment.add_text(f"{p}/injection", text, global_step=record.step)
-        rank_zero_info(text.replace("**", ""))
+        _retarget_optimizers(trainer, pl_module, lora_parameters(self._model, self.adapter_name))
+        _rewrap_ddp(trainer)
+        lora_numel = sum(int(q.numel()) for q in lora_parameters(self._model, self.adapter_name))
+        report_injection(trainer, record, self.log_key_prefix, lora_numel)
 
     # -------------------------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
         return {"record": self.record.to_dict() if self.record else None, "planned_step": self.planned_step}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if not isinstance(state_dict, Mapping):
-            raise self._corrupt("state", f"expected a dict but got {type(state_dict).__name__}")
-        data = state_dict.get("record")
-        if data:
-            self.record = self._read_record(data, "injection record")
-        planned = state_dict.get("planned_step", self.planned_step)
-        if planned is not None and (isinstance(planned, bool) or not isinstance(planned, int) or planned < 0):
-            raise self._corrupt("planned step", f"expected an int >= 0 or None but got {planned!r}")
-        self.planned_step = planned
+        num_layers = self._info.num_layers if self._info is not None else None
+        record, planned = read_state(state_dict, num_layers, self.state_key, self._trainer_ref)
+        self.record = record or self.record
+        self.planned_step = planned if "planned_step" in state_dict else self.planned_step
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._trainer_ref = None
         if self._load_hook is not None:
             self._load_hook.remove()
             self._load_hook = None
-        if self._grads is not None:
-            self._grads.disarm()
-            self._grads = None
+        if self._selector_inputs is not None:
+            self._selector_inputs.grads.disarm()
+            self._selector_inputs = None
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self.teardown(trainer, pl_module, "fit")

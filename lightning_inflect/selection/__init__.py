@@ -22,6 +22,7 @@ from lightning_inflect.selection.base import (
     Selection,
     Selector,
     history_tensor,
+    select_or_fall_back,
 )
 from lightning_inflect.selection.rules import CKAImportance, GradientProbe, Manual, RandomK, TopK, Uniform
 from lightning_inflect.selection.ski import SKI, local_maxima_band, minmax, ski_scores
@@ -45,5 +46,6 @@ __all__ = [
     "history_tensor",
     "local_maxima_band",
     "minmax",
+    "select_or_fall_back",
     "ski_scores",
 ]

@@ -25,7 +25,16 @@ from torch import Tensor
 from lightning_inflect.history import MetricHistory
 from lightning_inflect.validation import check_int
 
-__all__ = ["METRIC_SOURCES", "History", "MetricHistory", "PlainHistory", "Selection", "Selector", "history_tensor"]
+__all__ = [
+    "METRIC_SOURCES",
+    "History",
+    "MetricHistory",
+    "PlainHistory",
+    "Selection",
+    "Selector",
+    "history_tensor",
+    "select_or_fall_back",
+]
 
 PlainHistory = Mapping[str, Sequence]
 """A hand-written history: ``{"steps": [int, ...], "values": [[float per block], ...]}``; ``steps`` may be left
@@ -117,16 +126,44 @@ class Selector(ABC):
         return hash((type(self).__name__, tuple(self._params().items())))
 
 
+def select_or_fall_back(
+    selector: Selector,
+    history: History,
+    num_layers: int,
+    on_empty: str = "raise",
+    fallback: Selector | None = None,
+    step: int | None = None,
+) -> Selection:
+    """``selector``'s choice; when it picks no block, ``on_empty`` decides: ``"raise"``, ``"skip"`` (the empty
+    selection is returned, the caller goes on without it) or ``"fallback"`` (``fallback``'s choice, both reasons).
+
+    Example:
+        >>> class Nothing(Selector):
+        ...     def select(self, history, num_layers):
+        ...         return Selection((), None, "nothing stands out")
+        >>> from lightning_inflect.selection import TopK
+        >>> select_or_fall_back(Nothing(), {}, 4, "fallback", TopK(1)).reason
+        'nothing stands out; fallback TopK(k=1): TopK k=1: the last 1 of 4 blocks -> [3]'
+    """
+    selection = selector.select(history, num_layers)
+    if selection.layers or on_empty == "skip":
+        return selection
+    if on_empty == "raise" or fallback is None:
+        at = f" at step {step}" if step is not None else ""
+        raise RuntimeError(
+            f"{selector!r} selected no block{at}: {selection.reason}. Set `on_empty='skip'` to train on without "
+            "injection, or `on_empty='fallback'` with a `fallback_selector`."
+        )
+    chosen = fallback.select(history, num_layers)
+    return Selection(chosen.layers, chosen.scores, f"{selection.reason}; fallback {fallback!r}: {chosen.reason}")
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # argument checks (house style: name the argument, the allowed values, the value received)
 
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check_int(name: str, value: Any, low: int = 1) -> None:
-    check_int(name, value, low=low)
 
 
 def _check_k_fits(selector: Selector, k: int, num_layers: int, name: str = "k") -> None:
@@ -149,8 +186,8 @@ def _gather(
     history: History, metric: str, num_layers: int, window: int = 1, who: str | None = None
 ) -> tuple[Tensor, list[int] | None, int]:
     """Smoothed per-block values, the steps of the rows used (None when the history has no steps), and their count."""
-    _check_int("num_layers", num_layers)
-    _check_int("window", window)
+    check_int("num_layers", num_layers, low=1)
+    check_int("window", window, low=1)
     prefix = f"{who} needs metric `{metric}`, " if who else f"Metric `{metric}` is "
     if metric not in history:
         raise ValueError(

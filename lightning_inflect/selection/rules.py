@@ -12,7 +12,6 @@ from lightning_inflect.selection.base import (
     History,
     Selection,
     Selector,
-    _check_int,
     _check_k_fits,
     _describe_windows,
     _fmt,
@@ -20,6 +19,7 @@ from lightning_inflect.selection.base import (
     _is_int,
     _top_k,
 )
+from lightning_inflect.validation import check_int
 
 __all__ = ["CKAImportance", "GradientProbe", "Manual", "RandomK", "TopK", "Uniform"]
 
@@ -30,8 +30,8 @@ class _TopKByMetric(Selector):
     metric: str
 
     def __init__(self, k: int = 4, window: int = 1) -> None:
-        _check_int("k", k)
-        _check_int("window", window)
+        check_int("k", k, low=1)
+        check_int("window", window, low=1)
         self.k, self.window = k, window
         self.requires = (self.metric,)
 
@@ -43,7 +43,7 @@ class _TopKByMetric(Selector):
 
     def select(self, history: History, num_layers: int) -> Selection:
         """Rank the blocks by the smoothed metric and keep the best ``k``."""
-        _check_int("num_layers", num_layers)
+        check_int("num_layers", num_layers, low=1)
         _check_k_fits(self, self.k, num_layers)
         values, steps, n = _gather(history, self.metric, num_layers, self.window, who=repr(self))
         scores = tuple(values.tolist())
@@ -105,7 +105,7 @@ class TopK(Selector):
     """
 
     def __init__(self, k: int = 4) -> None:
-        _check_int("k", k)
+        check_int("k", k, low=1)
         self.k = k
 
     def _params(self) -> dict[str, object]:
@@ -116,7 +116,7 @@ class TopK(Selector):
 
     def select(self, history: History, num_layers: int) -> Selection:
         """The last ``k`` of ``num_layers`` blocks; the history is not read."""
-        _check_int("num_layers", num_layers)
+        check_int("num_layers", num_layers, low=1)
         _check_k_fits(self, self.k, num_layers)
         layers = list(range(num_layers - self.k, num_layers))
         return Selection(tuple(layers), None, f"TopK k={self.k}: the last {self.k} of {num_layers} blocks -> {layers}")
@@ -132,7 +132,7 @@ class Uniform(Selector):
 
     def select(self, history: History, num_layers: int) -> Selection:
         """All ``num_layers`` blocks; the history is not read."""
-        _check_int("num_layers", num_layers)
+        check_int("num_layers", num_layers, low=1)
         layers = list(range(num_layers))
         return Selection(tuple(layers), None, f"Uniform: all {num_layers} blocks -> {layers}")
 
@@ -153,7 +153,7 @@ class RandomK(Selector):
     """
 
     def __init__(self, k: int = 4, seed: int = 0) -> None:
-        _check_int("k", k)
+        check_int("k", k, low=1)
         if not _is_int(seed):
             raise ValueError(f"Expected argument `seed` to be an int but got {seed!r}.")
         self.k, self.seed = k, seed
@@ -166,7 +166,7 @@ class RandomK(Selector):
 
     def select(self, history: History, num_layers: int) -> Selection:
         """Sample ``k`` of ``num_layers`` blocks; the history is not read."""
-        _check_int("num_layers", num_layers)
+        check_int("num_layers", num_layers, low=1)
         _check_k_fits(self, self.k, num_layers)
         layers = sorted(random.Random(self.seed).sample(range(num_layers), self.k))
         return Selection(
@@ -204,7 +204,7 @@ class Manual(Selector):
 
     def select(self, history: History, num_layers: int) -> Selection:
         """The given blocks, checked against ``num_layers``; the history is not read."""
-        _check_int("num_layers", num_layers)
+        check_int("num_layers", num_layers, low=1)
         bad = [i for i in self.layers if not -num_layers <= i < num_layers]
         if bad:
             raise ValueError(

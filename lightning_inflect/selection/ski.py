@@ -24,7 +24,6 @@ from lightning_inflect.selection.base import (
     History,
     Selection,
     Selector,
-    _check_int,
     _check_k_fits,
     _describe_windows,
     _fmt,
@@ -32,7 +31,7 @@ from lightning_inflect.selection.base import (
     _is_int,
     _top_k,
 )
-from lightning_inflect.validation import check_number
+from lightning_inflect.validation import check_int, check_number
 
 __all__ = ["SKI", "local_maxima_band", "minmax", "ski_scores"]
 
@@ -144,7 +143,7 @@ def local_maxima_band(scores: Sequence[float] | Tensor, band: int = 1) -> list[i
         >>> local_maxima_band([0.5, 0.5, 0.5])
         []
     """
-    _check_int("band", band, low=0)
+    check_int("band", band, low=0)
     n = len(scores)
     return sorted({j for p in _local_maxima(scores) for j in range(max(0, p - band), min(n, p + band + 1))})
 
@@ -177,8 +176,8 @@ class SKI(Selector):
 
     def __init__(self, a: float = 0.5, window: int = 3, band: int = 1, top_k: int | None = None) -> None:
         self.a = _check_a(a)
-        _check_int("window", window)
-        _check_int("band", band, low=0)
+        check_int("window", window, low=1)
+        check_int("band", band, low=0)
         if top_k is not None and (not _is_int(top_k) or top_k < 1):
             raise ValueError(
                 f"Expected argument `top_k` to be None (local maxima) or a positive int but got {top_k!r}."
@@ -195,7 +194,7 @@ class SKI(Selector):
 
     def select(self, history: History, num_layers: int) -> Selection:
         """Score every block and pick the inflection layers; see the class docstring."""
-        _check_int("num_layers", num_layers)
+        check_int("num_layers", num_layers, low=1)
         if self.top_k is not None:
             _check_k_fits(self, self.top_k, num_layers, name="top_k")
         inputs: dict[str, Tensor] = {}
