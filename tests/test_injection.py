@@ -1,6 +1,7 @@
 """InjectionCallback end to end with the real Trainer and real peft on tiny models."""
 
 import glob
+import json
 import math
 
 import lightning.pytorch as pl
@@ -10,12 +11,21 @@ from conftest import NO_DROPOUT, ClsModule, loader, tiny_model
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import SingleDeviceStrategy
-from peft import PeftModel
+from peft import LoraConfig, PeftModel
+from peft.tuners.lora import LoraLayer
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from transformers import AutoModelForSequenceClassification
 
 from lightning_inflect import GradientNormMonitor, InjectionCallback
 from lightning_inflect.architectures import find_layers
-from lightning_inflect.injection import InjectionRecord, export_adapters, inject_lora, resolve_targets
+from lightning_inflect.injection import (
+    InjectionRecord,
+    export_adapters,
+    inject_lora,
+    lora_settings,
+    resolve_targets,
+    targeted_config,
+)
 from lightning_inflect.selection import Manual, Selection, Selector, TopK
 
 
@@ -87,7 +97,10 @@ def test_inject_lora_is_a_no_op_on_logits_for_each_architecture():
             ref = model(**batch).logits
         info = find_layers(model)
         layout_targets = info.layout.lora_targets
-        record = InjectionRecord([1, 2], resolve_targets(info, [1, 2], layout_targets, ""), 4, 8, 0.0, [])
+        record = InjectionRecord(
+            [1, 2], resolve_targets(info, [1, 2], layout_targets, ""),
+            targeted_config(lora_settings(r=4, lora_alpha=8), info, [1, 2], layout_targets), [],
+        )  # fmt: skip
         new = inject_lora(model, record)
         assert new and all(p.requires_grad for p in new)
         with torch.no_grad():
@@ -191,11 +204,43 @@ def test_export_loads_back_with_peft(trainer_factory, tmp_path):
     loaded = PeftModel.from_pretrained(fresh, str(path)).eval()
     with torch.no_grad():
         assert torch.allclose(loaded(**batch).logits, ref, atol=1e-6)
-    from transformers import AutoModelForSequenceClassification
 
     merged = AutoModelForSequenceClassification.from_pretrained(str(path / "merged")).eval()
     with torch.no_grad():
         assert torch.allclose(merged(**batch).logits, ref, atol=1e-5)
+
+
+def test_a_peft_lora_config_reaches_the_model_and_the_export(trainer_factory, tmp_path):
+    lora = LoraConfig(r=4, lora_alpha=8, use_rslora=True, use_dora=True, target_modules=["query"])
+    inj = InjectionCallback(layers=[0, 2], at_step=0, lora_config=lora, export_dir=tmp_path, export_merged=True)
+    module = ClsModule(tiny_model("bert", **NO_DROPOUT), lr=0.05)
+    trainer_factory([inj], max_steps=3).fit(module, loader(48))
+    ours = {n: m for n, m in module.model.named_modules() if isinstance(m, LoraLayer) and "inflect" in m.lora_A}
+    assert sorted(ours) == [f"bert.encoder.layer.{i}.attention.self.query" for i in (0, 2)] == inj.record.target_modules
+    assert all(m.scaling["inflect"] == 8 / 4**0.5 and m.use_dora["inflect"] for m in ours.values())  # rsLoRA, DoRA
+    saved = json.loads((inj.export_path / "adapter_config.json").read_text())
+    assert (saved["layers_to_transform"], saved["target_modules"], saved["use_rslora"]) == ([0, 2], ["query"], True)
+    module.eval()
+    batch = _fixed_batch()
+    with torch.no_grad():
+        ref = module.model(**batch).logits
+        assert not torch.allclose(ref, tiny_model("bert", **NO_DROPOUT).eval()(**batch).logits, atol=1e-4)
+        loaded = PeftModel.from_pretrained(tiny_model("bert", **NO_DROPOUT), str(inj.export_path)).eval()
+        torch.testing.assert_close(loaded(**batch).logits, ref, atol=1e-5, rtol=0)
+        merged = AutoModelForSequenceClassification.from_pretrained(str(inj.export_path / "merged")).eval()
+        torch.testing.assert_close(merged(**batch).logits, ref, atol=1e-5, rtol=0)
+
+
+def test_a_record_of_version_0_2_still_injects_the_same_modules():
+    names = [f"model.layers.1.self_attn.{t}" for t in ("q_proj", "v_proj")]
+    old = {"layers": [1], "target_modules": names, "r": 2, "lora_alpha": 4.0, "lora_dropout": 0.0,
+           "keep_trainable": ["score"], "adapter_name": "inflect"}  # fmt: skip
+    record = InjectionRecord.from_dict(old)
+    assert (record.r, record.lora_alpha, record.lora_dropout) == (2, 4.0, 0.0)
+    model = tiny_model("llama")
+    inject_lora(model, record)
+    wrapped = sorted(n for n, m in model.named_modules() if isinstance(m, LoraLayer))
+    assert wrapped == names and all(m.scaling["inflect"] == 2.0 for m in model.modules() if isinstance(m, LoraLayer))
 
 
 class EmptySelector(Selector):
@@ -301,7 +346,9 @@ def test_at_epoch_and_at_fraction(trainer_factory):
 def test_export_adapters_function_round_trip(tmp_path):
     model = tiny_model("llama", **{}).eval()
     info = find_layers(model)
-    record = InjectionRecord([0], resolve_targets(info, [0], ["q_proj", "v_proj"], ""), 2, 4, 0.0, ["score"])
+    targets = ["q_proj", "v_proj"]
+    lora = targeted_config(lora_settings(r=2, lora_alpha=4), info, [0], targets)
+    record = InjectionRecord([0], resolve_targets(info, [0], targets, ""), lora, ["score"])
     inject_lora(model, record)
     with torch.no_grad():
         for n, p in model.named_parameters():

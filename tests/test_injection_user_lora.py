@@ -112,8 +112,25 @@ def test_resume_after_injection_keeps_both_adapters(trainer_factory, tmp_path):
 
 def test_an_adapter_of_our_name_is_refused():
     model = tiny_model("bert")
-    record = InjectionRecord(layers=[0], target_modules=["bert.encoder.layer.0.attention.self.query"], r=2,
-                             lora_alpha=4, lora_dropout=0.0, keep_trainable=[])  # fmt: skip
+    name = "bert.encoder.layer.0.attention.self.query"
+    record = InjectionRecord(layers=[0], target_modules=[name], lora={"r": 2, "target_modules": [name]},
+                             keep_trainable=[])  # fmt: skip
     inject_lora(model, record)
     with pytest.raises(ValueError, match=r"already carries a LoRA adapter named 'inflect'.*`adapter_name=`"):
         inject_lora(model, record)
+
+
+def test_merged_export_folds_their_adapter_and_ours_into_a_plain_model(trainer_factory, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    inj = InjectionCallback(layers=[1], at_step=1, export_dir=tmp_path, export_merged=True)
+    module = ClsModule(_user_model(), lr=0.05)
+    trainer_factory([inj], max_steps=3).fit(module, loader(24))
+    module.eval()
+    merged = AutoModelForSequenceClassification.from_pretrained(str(inj.export_path / "merged")).eval()
+    assert not any(".lora_" in n for n, _ in merged.named_parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(merged(**_batch()).logits, module.model(**_batch()).logits, atol=1e-5, rtol=0)
+    # the live model still carries both adapters, unmerged: the export worked on a copy
+    query = module.model.base_model.model.bert.encoder.layer[1].attention.self.query
+    assert sorted(query.active_adapters) == ["default", "inflect"] and not query.merged

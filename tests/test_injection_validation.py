@@ -8,6 +8,7 @@ import pytest
 import torch
 from conftest import ClsModule, loader, tiny_model
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from peft import LoraConfig
 
 from lightning_inflect import AttentionEntropyMonitor, InjectionCallback
 from lightning_inflect.selection import SKI, CKAImportance, Manual, RandomK, TopK
@@ -36,6 +37,16 @@ class Steps(Callback):
         ({"keep_trainable": "pooler"}, r"`keep_trainable` to be a list of module names but got 'pooler'"),
         ({"probe_inputs": "input_ids"}, r"`probe_inputs` to be callable"),
         ({"export_dir": 3}, r"`export_dir` to be None, a str or a Path"),
+        ({"r": 0}, r"`r` to be a positive int but got 0"),
+        ({"lora_alpha": 0}, r"`lora_alpha` to be a number in \(0\.0, inf\]"),
+        ({"target_modules": "query"}, r"`target_modules` to be a non-empty list of module names but got .query."),
+        ({"lora_config": {"r": 4}}, r"`lora_config` to be a peft LoraConfig or None but got \{'r': 4\}"),
+        ({"lora_config": LoraConfig(), "r": 4}, r"either `lora_config=` or the shorthands \['r'\] but got both"),
+        ({"lora_config": LoraConfig(layers_to_transform=[0])}, r"`lora_config.layers_to_transform` to be unset"),
+        ({"lora_config": LoraConfig(modules_to_save=["classifier"])}, r"modules_to_save.*`keep_trainable=`"),
+        ({"lora_config": LoraConfig(target_modules=".*query")}, r"names inside a block but got the regular"),
+        ({"lora_config": LoraConfig(init_lora_weights=False)}, r"init_lora_weights` in \(True, 'gaussian'\)"),
+        ({"lora_config": LoraConfig(bias="all")}, r"bias='none'` but got True and 'all'"),
     ],
 )
 def test_option_types_are_checked_at_construction(kwargs, match):

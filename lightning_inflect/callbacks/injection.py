@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import lightning.pytorch as pl
 import torch
@@ -33,20 +33,23 @@ from lightning_inflect.injection import (
     head_module_names,
     inject_lora,
     lora_parameters,
+    lora_settings,
     resolve_targets,
     retarget_optimizer,
+    targeted_config,
 )
 from lightning_inflect.selection import SKI, GradientSuppressionTrigger, Selection, Selector, select_or_fall_back
 from lightning_inflect.validation import (
     check_bool,
     check_callable,
     check_choice,
-    check_int,
-    check_number,
     check_str,
     check_str_list,
     check_writable_dir,
 )
+
+if TYPE_CHECKING:
+    from peft import LoraConfig
 
 __all__ = ["InjectionCallback"]
 
@@ -143,10 +146,6 @@ def _check_options(**options: Any) -> None:
     for name in ("auto", "include_mlp", "freeze_backbone", "export", "export_merged"):
         check_bool(name, o[name])
     _check_which_blocks(o["auto"], o["layers"], o["selector"], o["trigger"], o["fallback_selector"])
-    check_int("r", o["r"], low=1)
-    check_number("lora_alpha", o["lora_alpha"], 0.0, None, open_low=True)
-    check_number("lora_dropout", o["lora_dropout"], 0.0, 1.0, open_high=True)
-    check_str_list("target_modules", o["target_modules"], allow_empty=False, optional=True)
     check_str_list("keep_trainable", o["keep_trainable"])
     check_choice("on_empty", o["on_empty"], ["raise", "skip", "fallback"])
     check_str("model_attr", o["model_attr"], optional=True, hint="For example `model_attr='model'`.")
@@ -172,7 +171,8 @@ class InjectionCallback(Callback):
        gradients of the optimizer step just before the injection);
     2. wraps the attention projections of those blocks (``target_modules``, per ``model_type`` from the
        architectures table; with ``include_mlp=True`` the feed-forward ones too) with LoRA through
-       ``peft.inject_adapter_in_model``; logits are unchanged at that moment since LoRA ``B`` starts at zero;
+       ``peft.inject_adapter_in_model``, with a peft ``LoraConfig`` whose ``layers_to_transform`` are the chosen
+       blocks; logits are unchanged at that moment since LoRA ``B`` starts at zero;
     3. freezes everything else except the task head (the Hugging Face model's modules outside its base model) and
        ``keep_trainable``, trained in place (no ``modules_to_save`` copy);
     4. makes every optimizer train exactly the new trainable set: frozen parameters leave their groups, the LoRA
@@ -205,11 +205,17 @@ class InjectionCallback(Callback):
         trigger: inject earlier, as soon as this trigger fires on the activation-gradient norms logged by a
             :class:`~lightning_inflect.GradientNormMonitor` (which must be attached); the ``at_*`` point stays the
             fallback. The trigger's reason is prepended to the selection's.
-        r: LoRA rank.
-        lora_alpha: LoRA scaling numerator (scale = ``lora_alpha / r``).
-        lora_dropout: dropout on the LoRA input.
+        r: LoRA rank (default 8).
+        lora_alpha: LoRA scaling numerator, scale = ``lora_alpha / r`` (default 16).
+        lora_dropout: dropout on the LoRA input (default 0).
         target_modules: module names inside a block (peft's matching: exact or ``.``-suffix); default per
             ``model_type``.
+        lora_config: every LoRA setting as peft's ``LoraConfig`` instead of the four shorthands above (which it
+            excludes), e.g. ``LoraConfig(r=16, lora_alpha=32, use_rslora=True, use_dora=True,
+            target_modules=["query", "value"])``. Its ``target_modules`` are names inside a block (``None``: per
+            ``model_type``); the callback sets ``layers_to_transform``/``layers_pattern`` to the chosen blocks, so
+            those, ``modules_to_save`` (use ``keep_trainable``), a bias other than ``"none"`` and an
+            ``init_lora_weights`` that does not start ``B`` at zero are refused.
         include_mlp: also adapt the feed-forward projections of the architectures table.
         freeze_backbone: freeze every parameter that is not LoRA, the head or ``keep_trainable``.
         keep_trainable: more module names (from the Hugging Face model) to keep training, e.g. ``["pooler"]``.
@@ -258,10 +264,11 @@ class InjectionCallback(Callback):
         at_epoch: int | None = None,
         at_fraction: float | None = None,
         trigger: GradientSuppressionTrigger | None = None,
-        r: int = 8,
-        lora_alpha: float = 16,
-        lora_dropout: float = 0.0,
+        r: int | None = None,
+        lora_alpha: float | None = None,
+        lora_dropout: float | None = None,
         target_modules: Sequence[str] | None = None,
+        lora_config: LoraConfig | None = None,
         include_mlp: bool = False,
         freeze_backbone: bool = True,
         keep_trainable: Sequence[str] = (),
@@ -278,8 +285,7 @@ class InjectionCallback(Callback):
     ) -> None:
         self.schedule = InjectionSchedule(at_step, at_epoch, at_fraction, min_step=1 if auto is True else 0)
         _check_options(
-            auto=auto, layers=layers, selector=selector, trigger=trigger, r=r, lora_alpha=lora_alpha,
-            lora_dropout=lora_dropout, target_modules=target_modules, include_mlp=include_mlp,
+            auto=auto, layers=layers, selector=selector, trigger=trigger, include_mlp=include_mlp,
             freeze_backbone=freeze_backbone, keep_trainable=keep_trainable, on_empty=on_empty,
             fallback_selector=fallback_selector, export=export, export_merged=export_merged, export_dir=export_dir,
             model_attr=model_attr, layers_path=layers_path, log_key_prefix=log_key_prefix, adapter_name=adapter_name,
@@ -291,8 +297,10 @@ class InjectionCallback(Callback):
         self.at_step, self.at_epoch, self.at_fraction = at_step, at_epoch, at_fraction
         self.trigger = trigger
         self._trigger_reason = ""
-        self.r, self.lora_alpha, self.lora_dropout = r, float(lora_alpha), float(lora_dropout)
-        self.target_modules = None if target_modules is None else list(target_modules)
+        self.lora = lora_settings(
+            lora_config, r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=target_modules
+        )
+        self.target_modules: list[str] | None = None  # names inside a block, known at setup
         self.include_mlp = include_mlp
         self.freeze_backbone = freeze_backbone
         self.keep_trainable = list(keep_trainable)
@@ -354,8 +362,10 @@ class InjectionCallback(Callback):
         selectors = [sel for sel in (self.selector, self.fallback_selector) if sel is not None]
         self._selector_inputs = SelectorInputs(trainer, self._model, self._blocks, selectors, self.probe_inputs)
         self._batch_checked = False
-        if self.target_modules is None:
+        if self.lora.target_modules is None:
             self.target_modules = default_targets(self._model, self._blocks, self.include_mlp)
+        else:
+            self.target_modules = sorted(self.lora.target_modules)
         check_blocks = check_layer_indices(self.layers_arg, n) if self.layers_arg else [0]
         resolve_targets(self._blocks, check_blocks, self.target_modules, "")  # fails now if a target matches nothing
         check_module_names(self._model, self.keep_trainable, "keep_trainable")
@@ -478,14 +488,12 @@ class InjectionCallback(Callback):
         layers = list(selection.layers)
         if trainer.world_size > 1:  # decide together: rank 0's choice everywhere
             layers = trainer.strategy.broadcast(layers, src=0)
-        targets = resolve_targets(self._blocks, layers, self.target_modules or [], "")  # set in setup
+        inside = self.target_modules or []  # set in setup
         keep = sorted(set(head_module_names(self._model)) | set(self.keep_trainable))
         record = InjectionRecord(
             layers=layers,
-            target_modules=targets,
-            r=self.r,
-            lora_alpha=self.lora_alpha,
-            lora_dropout=self.lora_dropout,
+            target_modules=resolve_targets(self._blocks, layers, inside, ""),
+            lora=targeted_config(self.lora, self._blocks, layers, inside),
             keep_trainable=keep,
             freeze_backbone=self.freeze_backbone,
             step=step,

@@ -32,6 +32,7 @@ def read_record(data: Any, num_layers: int | None, owner: str, trainer: pl.Train
         record = InjectionRecord.from_dict(dict(data))
         check_layer_indices(list(record.layers), num_layers if num_layers is not None else 10**9)
         check_str_list("target_modules", record.target_modules, allow_empty=False)
+        record.config()  # peft's own checks of the LoRA settings
         return record
     except (TypeError, ValueError, AttributeError, KeyError) as err:
         raise corrupt_state(owner, trainer, "injection record", f"{type(err).__name__}: {err}") from err

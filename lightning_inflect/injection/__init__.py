@@ -12,7 +12,9 @@ from lightning_inflect.injection.lora import (
     head_module_names,
     inject_lora,
     lora_parameters,
+    lora_settings,
     resolve_targets,
+    targeted_config,
 )
 from lightning_inflect.injection.optim import (
     add_parameter_group,
@@ -39,7 +41,9 @@ __all__ = [
     "head_module_names",
     "inject_lora",
     "lora_parameters",
+    "lora_settings",
     "probe_diagnostics",
     "resolve_targets",
     "retarget_optimizer",
+    "targeted_config",
 ]

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import copy
+import enum
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from torch import nn
 
 from lightning_inflect.architectures import LayerInfo
+from lightning_inflect.validation import check_int, check_number, check_str_list
+
+if TYPE_CHECKING:
+    from peft import LoraConfig
 
 ADAPTER_NAME = "inflect"
 """The peft adapter name of our LoRA: a model's own adapters (peft's ``"default"``, any other) are never touched."""
@@ -26,7 +32,9 @@ __all__ = [
     "head_module_names",
     "inject_lora",
     "lora_parameters",
+    "lora_settings",
     "resolve_targets",
+    "targeted_config",
 ]
 
 
@@ -36,8 +44,10 @@ class InjectionRecord:
 
     Attributes:
         layers: the blocks that received adapters.
-        target_modules: full module names (from the Hugging Face model) that were wrapped by LoRA.
-        r, lora_alpha, lora_dropout: the LoRA hyper-parameters.
+        target_modules: full module names (from the Hugging Face model) that LoRA wraps, for people and checks.
+        lora: the keyword arguments of the peft ``LoraConfig`` that was injected (plain JSON types): the user's
+            settings with ``target_modules`` (names inside a block), ``layers_to_transform`` (the blocks) and
+            ``layers_pattern`` (the escaped block path), see :func:`targeted_config`.
         keep_trainable: module names whose parameters stay trainable besides the adapters (task head, user list).
         freeze_backbone: whether every other parameter was frozen.
         step: the optimizer step at which the injection happened.
@@ -49,9 +59,7 @@ class InjectionRecord:
 
     layers: list[int]
     target_modules: list[str]
-    r: int
-    lora_alpha: float
-    lora_dropout: float
+    lora: dict[str, Any]
     keep_trainable: list[str]
     freeze_backbone: bool = True
     step: int = 0
@@ -61,6 +69,27 @@ class InjectionRecord:
     scores: list[float] | None = field(default=None)
     adapter_name: str = ADAPTER_NAME
 
+    @property
+    def r(self) -> int:
+        """The LoRA rank."""
+        return int(self.lora.get("r", 8))
+
+    @property
+    def lora_alpha(self) -> float:
+        """The LoRA scaling numerator."""
+        return float(self.lora.get("lora_alpha", 8))
+
+    @property
+    def lora_dropout(self) -> float:
+        """The dropout on the LoRA input."""
+        return float(self.lora.get("lora_dropout", 0.0))
+
+    def config(self, **extra: Any) -> LoraConfig:
+        """The peft ``LoraConfig`` of this injection (``extra`` adds fields, e.g. ``modules_to_save``)."""
+        from peft import LoraConfig
+
+        return LoraConfig(**self.lora, **extra)
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -68,7 +97,7 @@ class InjectionRecord:
         """What was done, in words (Markdown): blocks, LoRA settings, reason, parameter counts, modules."""
         return (
             f"**Injected LoRA at step {self.step}** into blocks {self.layers} "
-            f"(r={self.r}, lora_alpha={self.lora_alpha}, lora_dropout={self.lora_dropout}).\n\n"
+            f"(r={self.r}, lora_alpha={self.lora_alpha:g}, lora_dropout={self.lora_dropout:g}).\n\n"
             f"Reason: {self.reason}\n\n"
             f"Trainable parameters: {self.trainable_before:,} before, {self.trainable_after:,} after "
             f"(LoRA: {lora_numel:,}; kept trainable: {self.keep_trainable}).\n\nModules: "
@@ -77,9 +106,139 @@ class InjectionRecord:
 
     @classmethod
     def from_dict(cls, data: dict) -> InjectionRecord:
+        """A record from :meth:`to_dict`, also from the checkpoints of versions 0.1 and 0.2 (flat LoRA fields,
+        explicit module names; 0.1 used peft's ``"default"`` adapter name)."""
+        data = {"adapter_name": "default", **data}
+        if "lora" not in data:
+            flat = ("r", "lora_alpha", "lora_dropout")
+            data["lora"] = {k: data[k] for k in flat if k in data} | {
+                "target_modules": list(data.get("target_modules", []))
+            }
         known = {f for f in cls.__dataclass_fields__}
-        data = {"adapter_name": "default", **data}  # records of version 0.1 used peft's default name
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+_INIT_KEEPS_OUTPUTS = (True, "gaussian")
+"""peft's ``init_lora_weights`` values that start ``B`` at zero and leave the base weights alone."""
+
+_SET_BY_US = {
+    "layers_to_transform": "the chosen blocks",
+    "layers_pattern": "the block path",
+    "modules_to_save": "`keep_trainable=` (trained in place)",
+    "target_parameters": "`target_modules=` (module names inside a block)",
+}
+
+
+def lora_settings(
+    lora_config: LoraConfig | None = None,
+    *,
+    r: int | None = None,
+    lora_alpha: float | None = None,
+    lora_dropout: float | None = None,
+    target_modules: Sequence[str] | None = None,
+) -> LoraConfig:
+    """The LoRA settings of an injection as peft's ``LoraConfig``: ``lora_config`` as given, or one made from the
+    shorthands (defaults ``r=8``, ``lora_alpha=16``, ``lora_dropout=0``, targets per model type).
+
+    ``target_modules`` are names inside a block (``None``: the architectures table's, at ``setup``); the blocks are
+    given later, as ``layers_to_transform`` (:func:`targeted_config`).
+
+    Raises:
+        ValueError: for a shorthand given together with ``lora_config``; for the fields the injection sets itself;
+            for settings that would change the model's outputs at the injection (an ``init_lora_weights`` that
+            does not start ``B`` at zero) or train outside the adapter (``bias``).
+
+    Example:
+        >>> lora_settings(r=4).r, lora_settings(r=4).lora_alpha
+        (4, 16)
+        >>> from peft import LoraConfig
+        >>> lora_settings(LoraConfig(r=4, layers_to_transform=[1]))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: Expected `lora_config.layers_to_transform` to be unset (the InjectionCallback sets it to ...
+    """
+    from peft import LoraConfig
+
+    shorthands = {"r": r, "lora_alpha": lora_alpha, "lora_dropout": lora_dropout, "target_modules": target_modules}
+    given = {k: v for k, v in shorthands.items() if v is not None}
+    if lora_config is None:
+        r = 8 if r is None else r
+        lora_alpha = 16 if lora_alpha is None else lora_alpha
+        lora_dropout = 0.0 if lora_dropout is None else lora_dropout
+        check_int("r", r, low=1)
+        check_number("lora_alpha", lora_alpha, 0.0, None, open_low=True)
+        check_number("lora_dropout", lora_dropout, 0.0, 1.0, open_high=True)
+        check_str_list("target_modules", target_modules, allow_empty=False, optional=True)
+        return LoraConfig(
+            r=r,
+            lora_alpha=lora_alpha,  # type: ignore[arg-type]  # peft annotates int, computes with floats
+            lora_dropout=lora_dropout,
+            target_modules=None if target_modules is None else list(target_modules),
+        )
+    if not isinstance(lora_config, LoraConfig):
+        raise ValueError(f"Expected argument `lora_config` to be a peft LoraConfig or None but got {lora_config!r}.")
+    if given:
+        raise ValueError(
+            f"Expected either `lora_config=` or the shorthands {sorted(given)} but got both: put them into the "
+            "LoraConfig."
+        )
+    for name, by in _SET_BY_US.items():
+        if getattr(lora_config, name, None):
+            raise ValueError(
+                f"Expected `lora_config.{name}` to be unset (the InjectionCallback sets it to {by}) but got "
+                f"{getattr(lora_config, name)!r}."
+            )
+    if isinstance(lora_config.target_modules, str):
+        raise ValueError(
+            f"Expected `lora_config.target_modules` to be module names inside a block but got the regular expression "
+            f"{lora_config.target_modules!r}: peft applies a regular expression to every block, not the chosen ones."
+        )
+    if lora_config.init_lora_weights not in _INIT_KEEPS_OUTPUTS or lora_config.bias != "none":
+        raise ValueError(
+            "Expected `lora_config.init_lora_weights` in (True, 'gaussian') and `lora_config.bias='none'` but got "
+            f"{lora_config.init_lora_weights!r} and {lora_config.bias!r}: the injection promises unchanged outputs "
+            "and trains only the adapter and `keep_trainable`."
+        )
+    check_int("lora_config.r", lora_config.r, low=1)
+    return copy.deepcopy(lora_config)
+
+
+def _plain(value: Any) -> Any:
+    """``value`` in plain JSON types (sets as sorted lists, enums as their values), for checkpoints and JSON."""
+    if isinstance(value, enum.Enum):
+        return _plain(value.value)
+    if isinstance(value, (set, frozenset)):
+        return sorted(_plain(v) for v in value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return value
+
+
+def targeted_config(settings: LoraConfig, info: LayerInfo, layers: Sequence[int], targets: Sequence[str]) -> dict:
+    """The keyword arguments of the ``LoraConfig`` that adapts ``targets`` (names inside a block) in the blocks
+    ``layers`` only: ``settings``' own fields (those that differ from peft's defaults) with peft's
+    ``layers_to_transform`` and ``layers_pattern`` (the block path, escaped, so that no other numbered list of
+    the model matches). Plain JSON types, so it goes into checkpoints and ``adapter_config.json`` as it is.
+
+    Example:
+        >>> from transformers import BertConfig, BertModel
+        >>> from lightning_inflect.architectures import find_layers
+        >>> bert = BertModel(BertConfig(hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
+        ...                             intermediate_size=16))
+        >>> kw = targeted_config(lora_settings(r=4), find_layers(bert), [2, 0], ["query"])
+        >>> kw["r"], kw["target_modules"], kw["layers_to_transform"], kw["layers_pattern"]
+        (4, ['query'], [0, 2], 'encoder\\\\.layer')
+    """
+    from peft import LoraConfig
+
+    defaults = LoraConfig().to_dict()
+    own = {k: v for k, v in settings.to_dict().items() if k in defaults and v != defaults[k]}
+    own.update(
+        target_modules=list(targets), layers_to_transform=sorted(set(layers)), layers_pattern=re.escape(info.path)
+    )
+    return _plain(own)
 
 
 def count_trainable(module: nn.Module) -> int:
@@ -190,7 +349,7 @@ def inject_lora(model: nn.Module, record: InjectionRecord) -> list[nn.Parameter]
     Raises:
         ValueError: when the model already has an adapter named ``record.adapter_name``.
     """
-    from peft import LoraConfig, inject_adapter_in_model
+    from peft import inject_adapter_in_model
 
     if record.adapter_name in existing_adapters(model):
         raise ValueError(
@@ -200,15 +359,14 @@ def inject_lora(model: nn.Module, record: InjectionRecord) -> list[nn.Parameter]
         )
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
     active = {name: list(layer.active_adapters) for name, layer in _lora_layers(model).items()}
-    config = LoraConfig(
-        r=record.r,
-        lora_alpha=record.lora_alpha,  # type: ignore[arg-type]  # peft annotates int, computes with floats
-        lora_dropout=record.lora_dropout,
-        target_modules=list(record.target_modules),
-        bias="none",
-    )
     before = {id(p) for p in model.parameters()}
-    inject_adapter_in_model(config, model, adapter_name=record.adapter_name)
+    inject_adapter_in_model(record.config(), model, adapter_name=record.adapter_name)
+    wrapped = sorted(name for name, layer in _lora_layers(model).items() if record.adapter_name in layer.lora_A)
+    if wrapped != sorted(record.target_modules):
+        raise RuntimeError(
+            f"peft wrapped {wrapped} for the LoRA settings {record.lora}, where {sorted(record.target_modules)} was "
+            "meant: give `layers_path=` and `target_modules=` that name the blocks and modules unambiguously."
+        )
     for name, layer in _lora_layers(model).items():  # peft activates only the new adapter: keep the others active
         ours = [record.adapter_name] if record.adapter_name in layer.lora_A else []
         layer.set_adapter([*active.get(name, []), *ours])
@@ -226,49 +384,45 @@ def inject_lora(model: nn.Module, record: InjectionRecord) -> list[nn.Parameter]
 def export_adapters(model: nn.Module, record: InjectionRecord, directory: str | Path, merged: bool = False) -> Path:
     """Save our adapter in peft's format (``adapter_config.json`` + ``adapter_model.safetensors``).
 
-    The LoRA tensors come from peft's ``get_peft_model_state_dict`` for ``record.adapter_name`` only (a user's own
-    adapters are theirs to save). ``PeftModel.from_pretrained(fresh_base_model, directory)`` loads them back, with
-    the kept modules (task head) as ``modules_to_save``. With ``merged=True`` a ``merged/`` folder also gets the
-    full model with every active LoRA adapter merged into the base weights (``save_pretrained`` of a copy), loadable
-    with no peft at all.
+    The config is the injection's ``LoraConfig`` (:meth:`InjectionRecord.config`, blocks as
+    ``layers_to_transform``) with the kept modules (task head) as ``modules_to_save``, written by its
+    ``save_pretrained``. The tensors are peft's ``get_peft_model_state_dict`` for ``record.adapter_name`` only (a
+    user's own adapters are theirs to save) plus the kept modules, under the keys ``PeftModel.save_pretrained``
+    writes (``base_model.model.`` + the name in the model): the model is not a ``PeftModel``, and wrapping it in
+    one would inject the adapter again. ``PeftModel.from_pretrained(fresh_base_model, directory)`` loads them back.
+
+    With ``merged=True`` a ``merged/`` folder also gets the full model with every active LoRA adapter merged into
+    the base weights, loadable with no peft at all; it is made from the saved files, as a user would: peft's
+    ``PeftModel.from_pretrained`` over a copy of the model without our adapter, then ``merge_and_unload``.
     """
-    from peft import LoraConfig, get_peft_model_state_dict
+    from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    config = LoraConfig(
-        r=record.r,
-        lora_alpha=record.lora_alpha,  # type: ignore[arg-type]  # peft annotates int, computes with floats
-        lora_dropout=record.lora_dropout,
-        target_modules=list(record.target_modules),
-        modules_to_save=list(record.keep_trainable) or None,
-        bias="none",
-        base_model_name_or_path=getattr(getattr(model, "config", None), "_name_or_path", None) or None,
-    )
+    name_or_path = getattr(getattr(model, "config", None), "_name_or_path", None) or None
+    config = record.config(modules_to_save=list(record.keep_trainable) or None, base_model_name_or_path=name_or_path)
     config.save_pretrained(str(directory))
     keep = tuple(f"{m}." for m in record.keep_trainable)
     state = get_peft_model_state_dict(model, adapter_name=record.adapter_name)
     state.update({name: p for name, p in model.state_dict().items() if name.startswith(keep)})
     tensors = {f"base_model.model.{key}": p.detach().cpu().contiguous() for key, p in state.items()}
-    save_file(tensors, str(directory / "adapter_model.safetensors"))
+    save_file(tensors, str(directory / "adapter_model.safetensors"), metadata={"format": "pt"})
     (directory / "inflect_injection.json").write_text(json.dumps(record.to_dict(), indent=2))
     if merged:
-        _save_merged(model, directory / "merged")
+        _save_merged(model, record.adapter_name, directory)
     return directory
 
 
-def _save_merged(model: nn.Module, directory: Path) -> None:
-    import copy
+def _save_merged(model: nn.Module, adapter_name: str, directory: Path) -> None:
+    """``directory/merged``: the exported adapter loaded by peft into a copy of ``model`` without it, then every
+    adapter active in ``model`` merged by ``merge_and_unload``."""
+    from peft import PeftModel
+    from peft.functional import delete_adapter
 
-    from peft.tuners.lora import LoraLayer
-
+    active = sorted({name for layer in _lora_layers(model).values() for name in layer.active_adapters})
     clone = copy.deepcopy(model)
-    for name, module in list(clone.named_modules()):
-        if isinstance(module, LoraLayer):
-            module.merge()
-            parent_name, _, child = name.rpartition(".")
-            parent = clone.get_submodule(parent_name) if parent_name else clone
-            setattr(parent, child, module.get_base_layer())
-    with torch.no_grad():
-        clone.save_pretrained(str(directory))  # type: ignore[operator]  # a transformers PreTrainedModel
+    delete_adapter(clone, adapter_name, prefix="lora_")
+    peft_model = PeftModel.from_pretrained(clone, str(directory), adapter_name=adapter_name)
+    merged = peft_model.merge_and_unload(adapter_names=active)
+    merged.save_pretrained(str(directory / "merged"))  # type: ignore[operator]  # a transformers PreTrainedModel
