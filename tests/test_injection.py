@@ -179,6 +179,49 @@ def test_auto_injection_collects_its_own_diagnostics_and_logs_the_choice(trainer
     assert "inflect/injection/text_summary" in tags["tensors"]
 
 
+class Recorder(Selector):
+    """Keeps the histories it is given and picks block 0."""
+
+    requires = ("attn_entropy",)
+
+    def select(self, history, num_layers):
+        self.seen = history
+        return Selection((0,), None, "recorded")
+
+
+class EagerAt(Callback):
+    """At one step, before the injection, the batch's eager attention probabilities and the session's forwards."""
+
+    def __init__(self, step, monitor) -> None:
+        self.step, self.monitor, self.attn, self.mask, self.forwards = step, monitor, None, None, None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            eager = tiny_model("bert", attn="eager", **NO_DROPOUT).eval()
+            eager.load_state_dict(pl_module.model.state_dict())
+            self.mask = batch["attention_mask"]
+            with torch.no_grad():
+                self.attn = eager(input_ids=batch["input_ids"], attention_mask=self.mask, output_attentions=True)
+            self.session = self.monitor._session
+            self.forwards = self.session.forwards
+
+
+def test_auto_injection_probes_in_the_monitors_session_with_the_monitors_definition(trainer_factory):
+    mon = GradientNormMonitor(every_n_steps=1)  # the session exists, but nobody logs entropy
+    eager, rec = EagerAt(2, mon), Recorder()
+    inj = InjectionCallback(auto=True, selector=rec, at_step=2)
+    trainer_factory([eager, mon, inj], max_steps=3).fit(ClsModule(tiny_model("bert", **NO_DROPOUT)), loader(48))
+    assert eager.session.forwards == eager.forwards + 1  # one probe forward, run by the monitors' session
+    row = rec.seen["attn_entropy"].rows[0]
+    for layer, attn in enumerate(eager.attn.attentions):  # token mean of eager entropies, by loops
+        terms = []
+        for i in range(attn.shape[0]):
+            n = int(eager.mask[i].sum())
+            p = attn[i, :, :n, :n].double()
+            terms.append(-(p * p.clamp_min(1e-300).log()).sum(-1).flatten())
+        assert row[layer] == pytest.approx(torch.cat(terms).mean().item(), abs=1e-4)
+
+
 def test_auto_uses_attached_monitor_history(trainer_factory):
     mon = GradientNormMonitor(every_n_steps=1, norms=["parameter"])
     from lightning_inflect.selection import GradientProbe

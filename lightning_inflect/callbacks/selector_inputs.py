@@ -10,7 +10,7 @@ from torch import nn
 
 from lightning_inflect.architectures import LayerInfo
 from lightning_inflect.callbacks.base import _InflectMonitor
-from lightning_inflect.callbacks.session import flush_monitors
+from lightning_inflect.callbacks.session import ProbeSession, flush_monitors
 from lightning_inflect.capture import default_model_inputs, to_device
 from lightning_inflect.history import MetricHistory
 from lightning_inflect.injection import PROBE_METRICS, StepGradients, probe_diagnostics
@@ -100,9 +100,11 @@ class SelectorInputs:
             elif metric in PROBE_METRICS:
                 probe_metrics.append(metric)
         if probe_metrics:
-            inputs = to_device(self.model_inputs(batch), next(self.model.parameters()).device)
+            session = ProbeSession.of(self.trainer, self.model, self.info)
+            inputs = [to_device(self.model_inputs(batch), session.device)]
             context = self.trainer.precision_plugin.forward_context
-            history.update(probe_diagnostics(self.model, self.info, inputs, step, probe_metrics, context))
+            run = lambda requests: session.run(inputs, requests, context)  # noqa: E731
+            history.update(probe_diagnostics(run, self.info, step, probe_metrics))
         return history
 
     def trigger_fired(self, trigger: GradientSuppressionTrigger) -> bool:

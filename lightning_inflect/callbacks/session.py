@@ -167,20 +167,33 @@ class ProbeSession:
             return self._result
         due = [m for m in self.members if m.uses_probe and m.due(step)]
         requests: list[ProbeRequest] = [r for m in due for r in m.probe_requests()]
+        result = self.run(self.probe_batches, requests, trainer.precision_plugin.forward_context)
+        self._result_step, self._result = step, result
+        return result
+
+    def run(
+        self,
+        batches: Sequence[Mapping[str, Any]],
+        requests: Sequence[ProbeRequest],
+        precision_context: Callable[[], Any] | None = None,
+    ) -> ProbeResult:
+        """One probe of ``batches`` (model inputs on :attr:`device`) for ``requests``, with what the session has
+        learned about the model (its attention modules, the entropy source that works); the monitors' probe and
+        the InjectionCallback's own diagnostics both run here."""
         try:
             result = run_probe(
                 self.hf_model,
-                self.probe_batches,
+                batches,
                 self.info.blocks,
                 requests,
                 attention_modules=self.attention_modules
                 if any(isinstance(r, EntropyRequest) for r in requests)
                 else None,
-                precision_context=trainer.precision_plugin.forward_context,
+                precision_context=precision_context,
                 entropy_source=self.entropy_source,  # type: ignore[arg-type]
             )
         except Exception as err:
-            keys = sorted(self.probe_batches[0]) if self.probe_batches else []
+            keys = sorted(batches[0]) if batches else []
             raise ValueError(
                 f"The probe batch could not be run through {type(self.hf_model).__name__} (keys {keys}): "
                 f"{type(err).__name__}: {err}. Pass `probe_inputs=` to map your training batch to the model's "
@@ -189,8 +202,16 @@ class ProbeSession:
         if result.entropy_source is not None and not result.missing:
             self.entropy_source = result.entropy_source  # later probes skip the first attempt
         self.forwards += result.forwards
-        self._result_step, self._result = step, result
         return result
+
+    @classmethod
+    def of(cls, trainer: pl.Trainer, hf_model: nn.Module, info: LayerInfo) -> ProbeSession:
+        """The session of the monitors on ``trainer`` when they watch ``hf_model``, else one of its own (not shared:
+        it carries no monitors)."""
+        session = _SESSIONS.get(trainer)
+        if session is not None and session.hf_model is hf_model:
+            return session
+        return cls(hf_model, "", info)
 
     # ------------------------------------------------------------------------------------------------ transfer
     def defer(self, step: int, values: Tensor, then: Callable[[list[float]], None]) -> None:

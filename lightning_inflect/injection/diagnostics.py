@@ -1,21 +1,26 @@
 """Diagnostics auto-injection collects itself when no monitor logs them: one probe forward, one step's gradients.
 
-The same engine and definitions as the monitors (:func:`~lightning_inflect.capture.run_probe`,
-:meth:`~lightning_inflect.functional.EntropySums.pooled_mean`,
+The same requests, engine and definitions as the monitors (:mod:`~lightning_inflect.capture.contract`, run by the
+monitors' probe session, :meth:`~lightning_inflect.functional.EntropySums.pooled_mean`,
 :class:`~lightning_inflect.capture.ActivationGradCapture`, :func:`~lightning_inflect.functional.grouped_grad_norms`):
 no second implementation of a metric. No Lightning.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
 
 import torch
-from torch import nn
 
-from lightning_inflect.architectures import LayerInfo, find_attention_modules
-from lightning_inflect.capture import ActivationGradCapture, EntropyRequest, PooledRequest, mean_norms, run_probe
+from lightning_inflect.architectures import LayerInfo
+from lightning_inflect.capture import (
+    ActivationGradCapture,
+    EntropyRequest,
+    PooledRequest,
+    ProbeRequest,
+    ProbeResult,
+    mean_norms,
+)
 from lightning_inflect.functional import cka_from_hsic, grouped_grad_norms, hsic_terms
 from lightning_inflect.history import MetricHistory
 
@@ -26,14 +31,13 @@ PROBE_METRICS = ("attn_entropy", "attn_entropy_normalized", "cka_importance")
 
 
 def probe_diagnostics(
-    model: nn.Module,
+    run: Callable[[list[ProbeRequest]], ProbeResult],
     info: LayerInfo,
-    inputs: Mapping[str, Any],
     step: int,
     metrics: Sequence[str],
-    precision_context: Callable[[], Any] | None = None,
 ) -> dict[str, MetricHistory]:
-    """One probe forward of ``inputs`` (on the model's device) and the asked ``metrics`` over all blocks.
+    """The asked ``metrics`` over all blocks, from one probe that ``run`` makes for the requests given to it (the
+    InjectionCallback passes the monitors' probe session, :meth:`ProbeSession.run`).
 
     ``attn_entropy`` and ``attn_entropy_normalized`` are the monitor's values (head-weighted mean, ``"token"``
     reduction); ``cka_importance`` is ``1 - CKA`` between each block's input and output (mean-pooled), Ogawa et al.
@@ -41,14 +45,7 @@ def probe_diagnostics(
     """
     blocks = tuple(range(info.num_layers))
     entropy, outputs, first_input = EntropyRequest(blocks), PooledRequest(blocks), PooledRequest((0,), site="input")
-    result = run_probe(
-        model,
-        [dict(inputs)],
-        info.blocks,
-        [entropy, outputs, first_input],
-        attention_modules=find_attention_modules(info),
-        precision_context=precision_context,
-    )
+    result = run([entropy, outputs, first_input])
     out: dict[str, MetricHistory] = {}
     if "attn_entropy" in metrics or "attn_entropy_normalized" in metrics:
         sums = result.answer(entropy)
