@@ -30,13 +30,12 @@ from lightning_inflect.injection import (
     count_trainable,
     default_targets,
     export_adapters,
-    head_module_names,
     inject_lora,
     lora_parameters,
     lora_settings,
+    plan_injection,
     resolve_targets,
     retarget_optimizer,
-    targeted_config,
 )
 from lightning_inflect.selection import SKI, GradientSuppressionTrigger, Selection, Selector, select_or_fall_back
 from lightning_inflect.validation import (
@@ -89,6 +88,23 @@ def _check_which_blocks(
             raise ValueError(
                 f"Expected argument `{name}` to be a lightning_inflect.selection.Selector but got {sel!r}."
             )
+
+
+def _check_against_model(
+    model: torch.nn.Module,
+    info: LayerInfo,
+    layers: Sequence[int] | None,
+    selectors: Sequence[Selector],
+    targets: Sequence[str],
+    keep_trainable: Sequence[str],
+) -> None:
+    """What ``setup`` can check against the model: blocks, selectors' ``k``, LoRA targets, kept modules."""
+    n = info.num_layers
+    check_blocks = check_layer_indices(layers, n) if layers is not None else [0]
+    for sel in selectors:
+        sel.check_fits(n)
+    resolve_targets(info, check_blocks, targets, "")  # fails now if a target matches nothing
+    check_module_names(model, keep_trainable, "keep_trainable")
 
 
 _EXPORT_HINT = (
@@ -245,13 +261,10 @@ class InjectionCallback(Callback):
     record: InjectionRecord | None = None
     selection: Selection | None = None
     export_path: Path | None = None
-    _trainer_ref: pl.Trainer | None = None
-    _hf_model: torch.nn.Module | None = None
-    _info: LayerInfo | None = None
+    _fit: SelectorInputs | None = None  # the Trainer, model and blocks of this fit, and what the selectors read
     _restored: InjectionRecord | None = None
     _boundary = True
     _step_at_start = -1
-    _selector_inputs: SelectorInputs | None = None
     _load_hook: Any = None
     _batch_checked = False
 
@@ -317,20 +330,6 @@ class InjectionCallback(Callback):
         return self._generate_state_key(at_step=self.at_step, at_epoch=self.at_epoch, at_fraction=self.at_fraction)
 
     @property
-    def _model(self) -> torch.nn.Module:
-        """The Hugging Face model, found in ``setup``."""
-        if self._hf_model is None:
-            raise RuntimeError("InjectionCallback was used before `setup(stage='fit')`; attach it to a Trainer.")
-        return self._hf_model
-
-    @property
-    def _blocks(self) -> LayerInfo:
-        """Where the model's blocks are, found in ``setup``."""
-        if self._info is None:
-            raise RuntimeError("InjectionCallback was used before `setup(stage='fit')`; attach it to a Trainer.")
-        return self._info
-
-    @property
     def planned_step(self) -> int | None:
         """The optimizer step the injection is planned at, once known (see :class:`InjectionSchedule`)."""
         return self.schedule.planned_step
@@ -348,27 +347,18 @@ class InjectionCallback(Callback):
         if stage != "fit":
             return
         _check_fit(trainer, pl_module, self.trigger)
-        self._trainer_ref = trainer
-        _, self._hf_model = find_hf_model(pl_module, self.model_attr)
-        self._info = find_layers(self._model, self.layers_path)
-        n = self._blocks.num_layers
-        if self.layers_arg is not None:
-            check_layer_indices(self.layers_arg, n)
-        for sel in (self.selector, self.fallback_selector):
-            if sel is not None:
-                sel.check_fits(n)
-        if self.export and self.export_dir is not None:
-            check_writable_dir("export_dir", self.export_dir, _EXPORT_HINT)
+        _, model = find_hf_model(pl_module, self.model_attr)
+        info = find_layers(model, self.layers_path)
         selectors = [sel for sel in (self.selector, self.fallback_selector) if sel is not None]
-        self._selector_inputs = SelectorInputs(trainer, self._model, self._blocks, selectors, self.probe_inputs)
+        self._fit = SelectorInputs(trainer, model, info, selectors, self.probe_inputs)
         self._batch_checked = False
         if self.lora.target_modules is None:
-            self.target_modules = default_targets(self._model, self._blocks, self.include_mlp)
+            self.target_modules = default_targets(model, info, self.include_mlp)
         else:
             self.target_modules = sorted(self.lora.target_modules)
-        check_blocks = check_layer_indices(self.layers_arg, n) if self.layers_arg else [0]
-        resolve_targets(self._blocks, check_blocks, self.target_modules, "")  # fails now if a target matches nothing
-        check_module_names(self._model, self.keep_trainable, "keep_trainable")
+        _check_against_model(model, info, self.layers_arg, selectors, self.target_modules, self.keep_trainable)
+        if self.export and self.export_dir is not None:
+            check_writable_dir("export_dir", self.export_dir, _EXPORT_HINT)
         if self.record is None:
             # Lightning restores the weights before the callbacks' state and names the checkpoint only after
             # `setup`: re-apply a saved injection just before the LightningModule's weights are loaded.
@@ -380,15 +370,16 @@ class InjectionCallback(Callback):
             return
         if not any(".lora_" in k and ours in k for k in state_dict):  # a model's own adapters are not ours
             return
-        data = saved_record(self._trainer_ref, self.state_key)
+        fit = self._inputs()
+        data = saved_record(fit.trainer, self.state_key)
         if not data:
             raise RuntimeError(
                 "The checkpoint holds LoRA weights but no record of InjectionCallback "
                 f"{self.state_key!r}: resume with the InjectionCallback arguments (at_step/at_epoch/at_fraction) "
                 "that made it."
             )
-        record = read_record(data, self._blocks.num_layers, self.state_key, self._trainer_ref)
-        inject_lora(self._model, record)
+        record = read_record(data, fit.info.num_layers, self.state_key, fit.trainer)
+        inject_lora(fit.model, record)
         self._restored = record
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -397,7 +388,7 @@ class InjectionCallback(Callback):
             self._load_hook = None
         if self._restored is not None:
             # Lightning loads the optimizer state after this hook: give it the groups it was saved with.
-            _retarget_optimizers(trainer, pl_module, lora_parameters(self._model, self.adapter_name))
+            _retarget_optimizers(trainer, pl_module, lora_parameters(self._inputs().model, self.adapter_name))
             _rewrap_ddp(trainer)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -455,19 +446,19 @@ class InjectionCallback(Callback):
         return True
 
     def _inputs(self) -> SelectorInputs:
-        """What the selectors read, for this fit (made in ``setup``)."""
-        if self._selector_inputs is None:
+        """This fit's Trainer, model and blocks, and what the selectors read (made in ``setup``)."""
+        if self._fit is None:
             raise RuntimeError("InjectionCallback was used before `setup(stage='fit')`; attach it to a Trainer.")
-        return self._selector_inputs
+        return self._fit
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.record is not None and self.export and trainer.is_global_zero:
             folder = Path(self.export_dir or _default_export_dir(trainer)) / "inflect_adapters"
-            self.export_path = export_adapters(self._model, self.record, folder, merged=self.export_merged)
+            self.export_path = export_adapters(self._inputs().model, self.record, folder, merged=self.export_merged)
             rank_zero_info(f"InjectionCallback: adapters saved in {self.export_path}")
 
     def _choose(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, step: int) -> Selection | None:
-        n = self._blocks.num_layers
+        n = self._inputs().info.num_layers
         if not self.auto:
             layers = check_layer_indices(self.layers_arg, n)
             return Selection(tuple(layers), None, f"manual: layers={self.layers_arg}")
@@ -488,46 +479,37 @@ class InjectionCallback(Callback):
         layers = list(selection.layers)
         if trainer.world_size > 1:  # decide together: rank 0's choice everywhere
             layers = trainer.strategy.broadcast(layers, src=0)
-        inside = self.target_modules or []  # set in setup
-        keep = sorted(set(head_module_names(self._model)) | set(self.keep_trainable))
-        record = InjectionRecord(
-            layers=layers,
-            target_modules=resolve_targets(self._blocks, layers, inside, ""),
-            lora=targeted_config(self.lora, self._blocks, layers, inside),
-            keep_trainable=keep,
-            freeze_backbone=self.freeze_backbone,
-            step=step,
-            trainable_before=count_trainable(self._model),
-            reason=self._trigger_reason + selection.reason,
-            scores=list(selection.scores) if selection.scores is not None else None,
-            adapter_name=self.adapter_name,
-        )
-        inject_lora(self._model, record)
-        record.trainable_after = count_trainable(self._model)
+        fit = self._inputs()
+        record = plan_injection(
+            fit.model, fit.info, layers, self.lora, self.target_modules or [], self.keep_trainable,
+            freeze_backbone=self.freeze_backbone, step=step, reason=self._trigger_reason + selection.reason,
+            scores=None if selection.scores is None else list(selection.scores), adapter_name=self.adapter_name,
+        )  # fmt: skip
+        lora = inject_lora(fit.model, record)
+        record.trainable_after = count_trainable(fit.model)
         self.record, self.selection = record, selection
-        _retarget_optimizers(trainer, pl_module, lora_parameters(self._model, self.adapter_name))
+        _retarget_optimizers(trainer, pl_module, lora)
         _rewrap_ddp(trainer)
-        lora_numel = sum(int(q.numel()) for q in lora_parameters(self._model, self.adapter_name))
-        report_injection(trainer, record, self.log_key_prefix, lora_numel)
+        report_injection(trainer, record, self.log_key_prefix, sum(int(q.numel()) for q in lora))
 
     # -------------------------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
         return {"record": self.record.to_dict() if self.record else None, "planned_step": self.planned_step}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        num_layers = self._info.num_layers if self._info is not None else None
-        record, planned = read_state(state_dict, num_layers, self.state_key, self._trainer_ref)
+        fit = self._fit
+        num_layers, trainer = (fit.info.num_layers, fit.trainer) if fit is not None else (None, None)
+        record, planned = read_state(state_dict, num_layers, self.state_key, trainer)
         self.record = record or self.record
         self.planned_step = planned if "planned_step" in state_dict else self.planned_step
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._trainer_ref = None
         if self._load_hook is not None:
             self._load_hook.remove()
             self._load_hook = None
-        if self._selector_inputs is not None:
-            self._selector_inputs.grads.disarm()
-            self._selector_inputs = None
+        if self._fit is not None:
+            self._fit.grads.disarm()
+            self._fit = None
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self.teardown(trainer, pl_module, "fit")

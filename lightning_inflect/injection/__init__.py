@@ -13,6 +13,7 @@ from lightning_inflect.injection.lora import (
     inject_lora,
     lora_parameters,
     lora_settings,
+    plan_injection,
     resolve_targets,
     targeted_config,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "inject_lora",
     "lora_parameters",
     "lora_settings",
+    "plan_injection",
     "probe_diagnostics",
     "resolve_targets",
     "retarget_optimizer",

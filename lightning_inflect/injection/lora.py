@@ -33,6 +33,7 @@ __all__ = [
     "inject_lora",
     "lora_parameters",
     "lora_settings",
+    "plan_injection",
     "resolve_targets",
     "targeted_config",
 ]
@@ -307,6 +308,39 @@ def resolve_targets(info: LayerInfo, layers: Sequence[int], target_modules: Sequ
                 )
             out.extend(f"{prefix}{info.path}.{layer}.{n}" for n in hits)
     return sorted(set(out))
+
+
+def plan_injection(
+    model: nn.Module,
+    info: LayerInfo,
+    layers: Sequence[int],
+    settings: LoraConfig,
+    targets: Sequence[str],
+    keep_trainable: Sequence[str] = (),
+    **fields: Any,
+) -> InjectionRecord:
+    """The record of adapting ``targets`` (names inside a block) of the blocks ``layers`` of ``model`` with the LoRA
+    ``settings`` (:func:`lora_settings`): the full module names, the targeted ``LoraConfig``
+    (:func:`targeted_config`), the modules kept trainable (the task head, :func:`head_module_names`, and
+    ``keep_trainable``) and the trainable count before; ``fields`` fills the others (``step``, ``reason``, ...).
+
+    Example:
+        >>> from transformers import BertConfig, BertForSequenceClassification
+        >>> from lightning_inflect.architectures import find_layers
+        >>> bert = BertForSequenceClassification(BertConfig(hidden_size=16, num_hidden_layers=2,
+        ...                                      num_attention_heads=2, intermediate_size=16))
+        >>> record = plan_injection(bert, find_layers(bert), [1], lora_settings(r=2), ["query"], step=5)
+        >>> record.target_modules, record.keep_trainable, record.step
+        (['bert.encoder.layer.1.attention.self.query'], ['classifier'], 5)
+    """
+    return InjectionRecord(
+        layers=list(layers),
+        target_modules=resolve_targets(info, layers, targets, ""),
+        lora=targeted_config(settings, info, layers, targets),
+        keep_trainable=sorted(set(head_module_names(model)) | set(keep_trainable)),
+        trainable_before=count_trainable(model),
+        **fields,
+    )
 
 
 def lora_parameters(model: nn.Module, adapter_name: str = ADAPTER_NAME) -> list[nn.Parameter]:
