@@ -20,9 +20,9 @@ by ``torch.cuda.synchronize()``):
   parameter's norm read as a float, as logging it does).
 
 ``--long-context`` measures instead a random-init decoder (default: 24 blocks, hidden 896, 14 query / 2 key-value
-heads, the long-context shape of DESIGN section 6) at ``--seq-len``: a plain forward, the entropy probe and an eager
-forward with ``output_attentions=True``, in time and peak memory above the loaded model (CUDA: peak allocated; CPU:
-resident memory sampled every millisecond, in a fresh subprocess per variant).
+heads: the shape of a small long-context decoder such as Qwen2.5-0.5B) at ``--seq-len``: a plain forward, the
+entropy probe and an eager forward with ``output_attentions=True``, in time and peak memory above the loaded model
+(CUDA: peak allocated; CPU: resident memory sampled every millisecond, in a fresh subprocess per variant).
 
 Usage, from the repository root::
 

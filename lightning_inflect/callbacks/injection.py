@@ -149,7 +149,8 @@ def _retarget_optimizers(trainer: pl.Trainer, pl_module: pl.LightningModule, lor
 
 
 def _rewrap_ddp(trainer: pl.Trainer) -> None:
-    """Wrap the module in DDP again, so that DDP's reducer knows the new trainable set (DESIGN section 4.6)."""
+    """Wrap the module in DDP again, so that DDP's reducer knows the new trainable set: a reducer built
+    before the injection would wait for gradients of frozen parameters and never see the adapters'."""
     strategy = trainer.strategy
     if isinstance(strategy, DDPStrategy) and strategy.model is not strategy.lightning_module:
         strategy.model = strategy.lightning_module

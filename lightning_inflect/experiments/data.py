@@ -1,4 +1,4 @@
-"""Reading the SST-2 and Rotten Tomatoes TSV files (see ``shared/data/README.md``).
+"""Reading the SST-2 and Rotten Tomatoes TSV files (one ``text<TAB>label`` row per sentence, with a header).
 
 The files are never copied into the project: every loader takes the data directory as an argument, or reads it from
 the ``LIGHTNING_INFLECT_DATA`` environment variable through :func:`resolve_data_dir`.
@@ -267,7 +267,7 @@ def load_from_hub(dataset: str, split: str) -> list[tuple[str, int]]:
         raise ConnectionError(
             f"Could not load split {splits[split]!r} of {name} from the Hugging Face hub"
             f" ({type(err).__name__}: {str(err).rstrip('.')}). Without network (or with HF_HUB_OFFLINE=1 and nothing"
-            f" cached), pass a data directory holding {_EXPECTED_FILES} instead (see shared/data/README.md)."
+            f" cached), pass a data directory holding {_EXPECTED_FILES} instead."
         ) from err
     missing = {column, "label"} - set(rows.column_names)
     if missing:
@@ -285,7 +285,7 @@ def _dataset_file(data_dir: str | os.PathLike | None, dataset: str, split: str) 
     if not path.is_file():
         raise FileNotFoundError(
             f"Expected the file `{path}` but it does not exist. The data directory must hold {_EXPECTED_FILES}"
-            f" (see shared/data/README.md). {_HOW_TO_PASS}"
+            f". {_HOW_TO_PASS}"
         )
     return path
 
@@ -331,7 +331,7 @@ def load_sst2(data_dir: str | os.PathLike | None, split: SST2Split = "train") ->
     """Load a GLUE SST-2 split (train 67,349 rows, dev 872; labels 0 = negative, 1 = positive).
 
     GLUE's test split has no labels and is not part of the data directory. Note that 71% of the Rotten Tomatoes test
-    sentences occur verbatim in SST-2 train (see ``shared/data/README.md``).
+    sentences occur verbatim in SST-2 train (counted by :mod:`lightning_inflect.experiments.study_data`).
 
     Args:
         data_dir: The data directory (``None``: the ``LIGHTNING_INFLECT_DATA`` environment variable; ``"hf-hub"``:
