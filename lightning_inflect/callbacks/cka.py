@@ -119,6 +119,7 @@ class CKADriftMonitor(_InflectMonitor):
 
     def on_probe(self, trainer: pl.Trainer, session: ProbeSession, step: int) -> None:
         now = session.probe(step, trainer).answer(self._request())  # per batch: (layers, n_b, hidden)
+        now = session.union_over_ranks(now)  # every rank's examples (one collective with several ranks)
         if not self.reference:
             self.reference = now
             self.reference_step = step

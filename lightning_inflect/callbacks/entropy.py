@@ -11,6 +11,7 @@ import torch
 from lightning_inflect.callbacks.base import _InflectMonitor, layer_key
 from lightning_inflect.callbacks.session import ProbeSession
 from lightning_inflect.capture import EntropyRequest, ProbeRequest
+from lightning_inflect.functional import EntropySums
 from lightning_inflect.validation import check_bool, check_choice
 
 __all__ = ["AttentionEntropyMonitor"]
@@ -116,7 +117,7 @@ class AttentionEntropyMonitor(_InflectMonitor):
                 "cannot be measured. Remove AttentionEntropyMonitor for this model, restrict it with `layers=`, or "
                 "pass `layers_path=` if the blocks found are not the transformer blocks."
             )
-        sums = result.answer(self._request())
+        sums = EntropySums(*session.sum_over_ranks(torch.stack(result.answer(self._request()))))  # 1 collective
         count = sums.count  # (layers, heads)
         rows = [sums.pooled_mean()]
         if self.normalized:

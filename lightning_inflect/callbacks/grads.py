@@ -11,7 +11,9 @@ import torch
 from torch.optim import Optimizer
 
 from lightning_inflect.callbacks.base import _InflectMonitor
+from lightning_inflect.callbacks.session import ProbeSession
 from lightning_inflect.capture import ActivationGradCapture, mean_norms
+from lightning_inflect.capture.ranks import split_by_placement, sum_over_ranks, world_size
 from lightning_inflect.functional import grouped_grad_norms
 
 __all__ = ["GradientNormMonitor"]
@@ -100,39 +102,45 @@ class GradientNormMonitor(_InflectMonitor):
             return
         session = self._require_session()
         with session.timed(step):
+            n, world = len(self.layers), world_size()
             parts: list[torch.Tensor] = []
-            counts = [0] * len(self.layers)
-            scale = self._loss_scale(trainer)
-            if self._capture is not None and self._capture_step == step:
-                self._capture.disarm()
-                session.add_overhead(step, self._capture.seconds)
-                sums, counts = self._capture.read()
-                if sums is not None:
-                    parts.append(sums.float() / scale)
+            if "activation" in self.norms:
+                sums, counts = None, [0] * n
+                if self._capture is not None and self._capture_step == step:
+                    self._capture.disarm()
+                    session.add_overhead(step, self._capture.seconds)
+                    sums, counts = self._capture.read()
+                # each rank differentiates its own loss; the step minimises their mean: 1 / world of each gradient
+                scale = self._loss_scale(trainer) * world
+                parts.append(sums.float() / scale if sums is not None else torch.zeros(n, device=session.device))
+                parts.append(torch.tensor(counts, dtype=torch.float32, device=parts[0].device))
             if "parameter" in self.norms:
-                blocks = session.info.blocks
-                groups = [
-                    [p.grad for p in blocks[layer].parameters() if p.requires_grad and p.grad is not None]
-                    for layer in self.layers
-                ]
-                param = grouped_grad_norms(groups, device=session.device).float()
-                if getattr(optimizer, "_step_supports_amp_scaling", False):
-                    param = param / scale  # fused optimizers unscale inside step()
-                parts.append(param)
-            has_act = any(counts)  # otherwise no gradient reached any monitored block: no activation row
-            if parts:
-                values = torch.cat(parts)
-                self._emit(trainer, step, values, lambda host: self._record_host(trainer, step, host, counts, has_act))
-            else:
-                self._log(trainer, self._record_host(trainer, step, [], counts, has_act), step)
+                parts.append(self._param_squares(trainer, session, optimizer, world))
+            values = sum_over_ranks(torch.cat(parts))  # the one collective of this monitor, with several ranks
+            self._emit(trainer, step, values, lambda host: self._record_host(trainer, step, host))
 
-    def _record_host(
-        self, trainer: pl.Trainer, step: int, host: list[float], counts: list[int], has_act: bool
-    ) -> dict[str, float]:
+    def _param_squares(
+        self, trainer: pl.Trainer, session: ProbeSession, optimizer: Optimizer, world: int
+    ) -> torch.Tensor:
+        """This rank's share of each block's squared parameter-gradient norm: shards count once, whole gradients
+        (every rank holds them, synchronised) ``1 / world`` each, so that the sum over ranks is the full one."""
+        blocks = session.info.blocks
+        grads = [
+            [p.grad for p in blocks[i].parameters() if p.requires_grad and p.grad is not None] for i in self.layers
+        ]
+        split = [split_by_placement(g) for g in grads]
+        squares = grouped_grad_norms([s for s, _ in split], device=session.device).float().square()
+        squares = squares + grouped_grad_norms([r for _, r in split], device=session.device).float().square() / world
+        if getattr(optimizer, "_step_supports_amp_scaling", False):
+            squares = squares / self._loss_scale(trainer) ** 2  # fused optimizers unscale inside step()
+        return squares
+
+    def _record_host(self, trainer: pl.Trainer, step: int, host: list[float]) -> dict[str, float]:
         n = len(self.layers)
         metrics: dict[str, float] = {}
         if "activation" in self.norms:
-            act = mean_norms(host[:n], counts) if has_act else [math.nan] * n
+            sums, counts, host = host[:n], [round(c) for c in host[n : 2 * n]], host[2 * n :]
+            act = mean_norms(sums, counts) if any(counts) else [math.nan] * n
             unmeasured = [layer for layer, c in zip(self.layers, counts) if c == 0]
             if unmeasured:
                 self._warn_once(
@@ -142,9 +150,8 @@ class GradientNormMonitor(_InflectMonitor):
                     "autograd never computes it. `act_grad_norm` is logged as NaN there.",
                 )
             metrics.update(self._record(trainer, "act_grad_norm", step, act, unmeasured))
-            host = host[n:] if has_act else host
         if "parameter" in self.norms:
-            metrics.update(self._record(trainer, "param_grad_norm", step, host[:n]))
+            metrics.update(self._record(trainer, "param_grad_norm", step, [math.sqrt(max(v, 0.0)) for v in host[:n]]))
         return metrics
 
     @staticmethod

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from lightning_inflect.architectures import LayerInfo, find_attention_modules, find_hf_model, find_layers
@@ -33,6 +34,7 @@ from lightning_inflect.capture import (
     run_probe,
     to_device,
 )
+from lightning_inflect.capture.ranks import cat_over_ranks, sum_over_ranks, world_size
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -40,6 +42,12 @@ if TYPE_CHECKING:
     from lightning_inflect.callbacks.base import _InflectMonitor
 
 __all__ = ["ProbeSession", "flush_monitors"]
+
+
+def _rows(batch: Mapping[str, Any]) -> int:
+    """The number of examples of a batch of model inputs (the first dimension of its first tensor)."""
+    return next(int(v.shape[0]) for v in batch.values() if isinstance(v, Tensor))
+
 
 _SESSIONS: weakref.WeakKeyDictionary[Any, ProbeSession] = weakref.WeakKeyDictionary()
 
@@ -66,6 +74,8 @@ class ProbeSession:
         self.probe_owner: _InflectMonitor | None = None
         self.probe_batches: list[dict[str, Any]] = []  # on the model's device
         self.probe_complete = False
+        self.rank_sizes: list[list[int]] | None = None  # with several ranks and a rank-local probe: its batch sizes
+        self._rank_probes: list[list[dict[str, Any]]] | None = None  # every rank's probe batches, on the CPU
         self._result_step: int | None = None
         self._result: ProbeResult | None = None
         self.entropy_source = "auto"
@@ -140,10 +150,38 @@ class ProbeSession:
         return p.device if p is not None else torch.device("cpu")
 
     # --------------------------------------------------------------------------------------------------- probe
-    def set_probe(self, batches: Sequence[Mapping[str, Any]]) -> None:
+    def set_probe(self, batches: Sequence[Mapping[str, Any]] | Mapping[str, Any]) -> None:
+        """Use ``batches`` as the probe: the same on every rank (a ``probe=``), or, as :meth:`probe_state` saves a
+        probe taken from several ranks' own batches, ``{"ranks": [batches of rank 0, ...]}``."""
+        self.rank_sizes = self._rank_probes = None
+        if isinstance(batches, Mapping):
+            self._rank_probes = [list(probe) for probe in batches["ranks"]]
+            self.rank_sizes = [[_rows(b) for b in probe] for probe in self._rank_probes]
+            batches = self._own_share(self._rank_probes)
         self.probe_batches = [to_device(dict(b), self.device) for b in batches]
         self.probe_complete = True
         self._result_step = None
+
+    @staticmethod
+    def _own_share(ranks: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+        world = world_size()
+        if len(ranks) != world:
+            raise RuntimeError(
+                f"The checkpoint's probe was taken from the training batches of {len(ranks)} ranks, but this run has "
+                f"{world}: the logged values would mix other examples. Resume with {len(ranks)} ranks, or give the "
+                "monitors a fixed `probe=` batch (the same on every rank)."
+            )
+        return ranks[dist.get_rank() if world > 1 else 0]
+
+    def _exchange_probe(self) -> None:
+        """With several ranks, every rank learns every rank's probe (one gather, once per fit): the sizes for
+        :meth:`union_over_ranks`, the batches for the checkpoint (which rank 0 writes)."""
+        if world_size() == 1:
+            return
+        ranks: list[Any] = [None] * world_size()
+        dist.all_gather_object(ranks, [to_device(b, "cpu") for b in self.probe_batches])
+        self._rank_probes = ranks
+        self.rank_sizes = [[_rows(b) for b in probe] for probe in ranks]
 
     def observe_batch(self, batch: Any, inputs_fn: Callable[[Any], Mapping[str, Any]] | None, wanted: int) -> None:
         """Keep the first ``wanted`` training batches (as model inputs) as the probe."""
@@ -156,9 +194,35 @@ class ProbeSession:
             )
         self.probe_batches.append(_detach_clone(dict(inputs)))
         self.probe_complete = len(self.probe_batches) >= wanted
+        if self.probe_complete:
+            self._exchange_probe()
 
-    def probe_state(self) -> list[dict[str, Any]]:
-        return [to_device(b, "cpu") for b in self.probe_batches] if self.probe_complete else []
+    def probe_state(self) -> list[dict[str, Any]] | dict[str, Any]:
+        if not self.probe_complete:
+            return []
+        if self._rank_probes is not None:
+            return {"ranks": self._rank_probes}
+        return [to_device(b, "cpu") for b in self.probe_batches]
+
+    # --------------------------------------------------------------------------------------------- across ranks
+    @property
+    def rank_local(self) -> bool:
+        """Whether each rank probes its own examples (several ranks, a probe taken from the training batches)."""
+        return self.rank_sizes is not None
+
+    def sum_over_ranks(self, values: Tensor) -> Tensor:
+        """Sums of a rank-local probe, summed over the ranks (one collective); as they are otherwise."""
+        return sum_over_ranks(values) if self.rank_local else values
+
+    def union_over_ranks(self, per_batch: Sequence[Tensor]) -> list[Tensor]:
+        """Per probe batch ``(..., n_b, d)`` values of a rank-local probe, as the union of that batch over the
+        ranks, rank 0's examples first (one collective for all batches); as they are otherwise."""
+        if self.rank_sizes is None:
+            return list(per_batch)
+        totals = [sum(sizes) for sizes in self.rank_sizes]
+        gathered = cat_over_ranks(torch.cat(list(per_batch), -2), totals, dim=-2)
+        chunks = [c.split(sizes, -2) for c, sizes in zip(gathered.split(totals, -2), self.rank_sizes)]
+        return [torch.cat([chunk[b] for chunk in chunks], -2) for b in range(len(per_batch))]
 
     def probe(self, step: int, trainer: pl.Trainer) -> ProbeResult:
         """The probe result of ``step``: one forward per probe batch for the merged requests of the monitors due

@@ -1,0 +1,90 @@
+"""The monitors under DDP and FSDP2 (two CPU processes, gloo): every logged value equals one process over the union
+of the ranks' examples, every rank holds the same history, and each monitor makes one collective per logging step."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from conftest import NO_DROPOUT, ClsModule, tiny_model
+
+from lightning_inflect import AttentionEntropyMonitor, CKADriftMonitor, GradientNormMonitor
+from lightning_inflect.capture.ranks import cat_over_ranks, split_by_placement, sum_over_ranks, world_size
+
+SCRIPT = Path(__file__).parent / "scripts" / "dist_monitors.py"
+
+
+def _run_two_ranks(kind: str, out: Path) -> list[dict]:
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "OMP_NUM_THREADS": "1"}
+    env.pop("LOCAL_RANK", None)
+    proc = subprocess.run([sys.executable, str(SCRIPT), kind, str(out)], capture_output=True, text=True, env=env,
+                          timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+
+
+def _one_process(batches: list[dict]) -> dict[str, list[list[float]]]:
+    """The same model, monitors and optimizer on one process, each step's batch the union of the ranks' batches."""
+    torch.set_num_threads(1)
+    pl.seed_everything(0)
+    monitors = [
+        AttentionEntropyMonitor(every_n_steps=1, normalized=True),
+        GradientNormMonitor(every_n_steps=1),
+        CKADriftMonitor(every_n_steps=1),
+    ]
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=1, max_steps=len(batches), callbacks=monitors, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    loader = torch.utils.data.DataLoader(batches, batch_size=None)
+    trainer.fit(ClsModule(tiny_model("bert", initializer_range=0.5, **NO_DROPOUT), lr=0.02), loader)
+    return {m: h.rows for mon in monitors for m, h in mon.history.items()}
+
+
+@pytest.mark.parametrize("kind", ["ddp", "fsdp2"])
+def test_every_value_equals_one_process_over_the_union_of_the_ranks_examples(kind, tmp_path):
+    r0, r1 = _run_two_ranks(kind, tmp_path)
+    union = [{k: torch.cat([a[k], b[k]]) for k in a} for a, b in zip(r0["batches"], r1["batches"])]
+    assert len(union) == 3 and all(len(b["labels"]) == 8 for b in union)
+    assert not torch.equal(r0["batches"][0]["input_ids"], r1["batches"][0]["input_ids"])  # ranks see other examples
+    reference = _one_process(union)
+    assert sorted(reference) == sorted(r0["history"]) == sorted(r1["history"])
+    for metric, rows in reference.items():
+        expected = torch.tensor(rows, dtype=torch.float64)
+        assert r0["history"][metric] == r1["history"][metric], metric  # every rank holds the same values
+        got = torch.tensor(r0["history"][metric], dtype=torch.float64)
+        assert expected.shape == got.shape == (3, 3), metric
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-7, msg=metric)
+    # one collective per monitor and logging step (3 steps, 3 monitors), and one exchange of the probe per fit
+    for rank in (r0, r1):
+        calls = rank["calls"]
+        assert calls.get("all_reduce", 0) + calls.get("all_gather", 0) == 3 * 3, calls
+        assert calls.get("all_gather", 0) == 3 and calls.get("all_gather_object", 0) == 1, calls
+        assert not calls.get("broadcast") and not calls.get("all_gather_into_tensor"), calls
+
+
+def test_without_a_process_group_the_rank_functions_are_the_identity():
+    values = torch.arange(6.0).reshape(2, 3)
+    assert world_size() == 1
+    assert sum_over_ranks(values) is values and cat_over_ranks(values, sizes=[2]) is values
+    sharded, replicated = split_by_placement([values])
+    assert sharded == [] and replicated[0] is values
+
+
+def test_a_probe_taken_on_other_ranks_resumes_only_with_as_many_ranks():
+    from lightning_inflect.architectures import find_layers
+    from lightning_inflect.callbacks.session import ProbeSession
+
+    model = tiny_model("bert")
+    session = ProbeSession(model, "model", find_layers(model))
+    batch = {"input_ids": torch.ones(3, 5, dtype=torch.long)}
+    with pytest.raises(RuntimeError, match=r"training batches of 2 ranks, but this run has 1.*`probe=`"):
+        session.set_probe({"ranks": [[batch], [batch]]})
+    session.set_probe({"ranks": [[batch]]})
+    assert session.rank_sizes == [[3]] and session.probe_state() == {"ranks": [[batch]]}
+    assert torch.equal(session.probe_batches[0]["input_ids"], batch["input_ids"])
