@@ -19,13 +19,24 @@ from lightning_inflect.capture.ranks import cat_over_ranks, split_by_placement, 
 SCRIPT = Path(__file__).parent / "scripts" / "dist_monitors.py"
 
 
-def _run_two_ranks(kind: str, out: Path) -> list[dict]:
+def _launch(kind: str, out: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "OMP_NUM_THREADS": "1"}
     env.pop("LOCAL_RANK", None)
-    proc = subprocess.run([sys.executable, str(SCRIPT), kind, str(out)], capture_output=True, text=True, env=env,
+    return subprocess.run([sys.executable, str(SCRIPT), kind, str(out)], capture_output=True, text=True, env=env,
                           timeout=300)  # fmt: skip
+
+
+def _run_two_ranks(kind: str, out: Path) -> list[dict]:
+    proc = _launch(kind, out)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+
+
+def test_tensor_parallelism_is_refused_at_setup(tmp_path):
+    proc = _launch("tp", tmp_path)
+    assert proc.returncode != 0
+    assert "has tensor_parallel_size=2: ranks that share examples would be counted twice" in proc.stderr
+    assert not list(tmp_path.glob("rank*.pt"))
 
 
 def _one_process(batches: list[dict]) -> dict[str, list[list[float]]]:

@@ -125,6 +125,13 @@ class _InflectMonitor(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        tensor_parallel = getattr(trainer.strategy, "_tensor_parallel_size", 1)
+        if tensor_parallel != 1:
+            raise ValueError(
+                f"{type(self).__name__} combines its values over data-parallel ranks, but the strategy has "
+                f"tensor_parallel_size={tensor_parallel!r}: ranks that share examples would be counted twice. Use "
+                "`ModelParallelStrategy(data_parallel_size=N, tensor_parallel_size=1)`, or remove the monitor."
+            )
         self._session = ProbeSession.attach(trainer, pl_module, self)
         self.layers = check_layer_indices(self.layers_arg, self._session.info.num_layers)
         self._reset_fit_state()

@@ -1,9 +1,9 @@
 """Two CPU processes (gloo) with every monitor at every step: python dist_monitors.py STRATEGY OUT_DIR.
 
-STRATEGY is ``ddp`` or ``fsdp2`` (Lightning's ModelParallelStrategy, ``fully_shard`` on each block and then on the
-model in ``configure_model``). A tiny BERT, 4 examples per rank and micro-batch, 3 optimizer steps. Each rank saves
-its monitors' histories, its batches and the collectives that package code made to OUT_DIR/rank{r}.pt.
-Lightning re-runs this script for rank 1.
+STRATEGY is ``ddp``, ``fsdp2`` (Lightning's ModelParallelStrategy, ``fully_shard`` on each block and then on the
+model in ``configure_model``) or ``tp`` (tensor parallelism, which the monitors refuse at setup). A tiny BERT, 4
+examples per rank and micro-batch, 3 optimizer steps. Each rank saves its monitors' histories, its batches and the
+collectives that package code made to OUT_DIR/rank{r}.pt. Lightning re-runs this script for rank 1.
 """
 
 import inspect
@@ -74,7 +74,8 @@ def main() -> None:
     else:
         from lightning.pytorch.strategies import ModelParallelStrategy
 
-        strategy = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)
+        tensor_parallel = 2 if kind == "tp" else 1  # "tp": refused at setup
+        strategy = ModelParallelStrategy(data_parallel_size=2 // tensor_parallel, tensor_parallel_size=tensor_parallel)
         module = Sharded(tiny_model("bert", initializer_range=0.5, **NO_DROPOUT), lr=0.02)
     batches = Batches()
     trainer = pl.Trainer(
