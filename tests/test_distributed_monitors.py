@@ -11,9 +11,9 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
-from conftest import NO_DROPOUT, ClsModule, tiny_model
+from conftest import ClsModule, tiny_model
+from scripts.dist_monitors import LR, all_monitors, peaked_bert
 
-from lightning_inflect import AttentionEntropyMonitor, CKADriftMonitor, GradientNormMonitor
 from lightning_inflect.capture.ranks import cat_over_ranks, split_by_placement, sum_over_ranks, world_size
 
 SCRIPT = Path(__file__).parent / "scripts" / "dist_monitors.py"
@@ -43,17 +43,13 @@ def _one_process(batches: list[dict]) -> dict[str, list[list[float]]]:
     """The same model, monitors and optimizer on one process, each step's batch the union of the ranks' batches."""
     torch.set_num_threads(1)
     pl.seed_everything(0)
-    monitors = [
-        AttentionEntropyMonitor(every_n_steps=1, normalized=True),
-        GradientNormMonitor(every_n_steps=1),
-        CKADriftMonitor(every_n_steps=1),
-    ]
+    monitors = all_monitors()
     trainer = pl.Trainer(
         accelerator="cpu", devices=1, max_steps=len(batches), callbacks=monitors, logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
     )  # fmt: skip
     loader = torch.utils.data.DataLoader(batches, batch_size=None)
-    trainer.fit(ClsModule(tiny_model("bert", initializer_range=0.5, **NO_DROPOUT), lr=0.02), loader)
+    trainer.fit(ClsModule(peaked_bert(), lr=LR), loader)
     return {m: h.rows for mon in monitors for m, h in mon.history.items()}
 
 

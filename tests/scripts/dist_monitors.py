@@ -21,7 +21,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning_inflect import AttentionEntropyMonitor, CKADriftMonitor, GradientNormMonitor
 
 PACKAGE = str(Path(__file__).resolve().parents[2] / "lightning_inflect")
-STEPS, PER_RANK = 3, 4
+STEPS, PER_RANK, LR = 3, 4, 0.02
 CALLS: dict[str, int] = {}
 
 
@@ -36,6 +36,20 @@ def count_package_calls(name: str) -> None:
         return original(*args, **kwargs)
 
     setattr(dist, name, wrapper)
+
+
+def all_monitors() -> list:
+    """The three monitors, logging at every step (the test's one-process reference uses the same)."""
+    return [
+        AttentionEntropyMonitor(every_n_steps=1, normalized=True),
+        GradientNormMonitor(every_n_steps=1),
+        CKADriftMonitor(every_n_steps=1),
+    ]
+
+
+def peaked_bert():
+    """A tiny BERT with large initial weights, so that attention is far from uniform."""
+    return tiny_model("bert", initializer_range=0.5, **NO_DROPOUT)
 
 
 class Batches(Callback):
@@ -64,19 +78,15 @@ def main() -> None:
         count_package_calls(name)
     torch.set_num_threads(1)
     pl.seed_everything(0)
-    monitors = [
-        AttentionEntropyMonitor(every_n_steps=1, normalized=True),
-        GradientNormMonitor(every_n_steps=1),
-        CKADriftMonitor(every_n_steps=1),
-    ]
+    monitors = all_monitors()
     if kind == "ddp":
-        strategy, module = "ddp", ClsModule(tiny_model("bert", initializer_range=0.5, **NO_DROPOUT), lr=0.02)
+        strategy, module = "ddp", ClsModule(peaked_bert(), lr=LR)
     else:
         from lightning.pytorch.strategies import ModelParallelStrategy
 
         tensor_parallel = 2 if kind == "tp" else 1  # "tp": refused at setup
         strategy = ModelParallelStrategy(data_parallel_size=2 // tensor_parallel, tensor_parallel_size=tensor_parallel)
-        module = Sharded(tiny_model("bert", initializer_range=0.5, **NO_DROPOUT), lr=0.02)
+        module = Sharded(peaked_bert(), lr=LR)
     batches = Batches()
     trainer = pl.Trainer(
         strategy=strategy, accelerator="cpu", devices=2, max_steps=STEPS, callbacks=[batches, *monitors], logger=False,
