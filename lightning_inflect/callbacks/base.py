@@ -13,6 +13,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_inflect.architectures import check_layer_indices
+from lightning_inflect.callbacks.loggers import log_heatmap, takes_images
 from lightning_inflect.callbacks.session import ProbeSession
 from lightning_inflect.capture import ProbeRequest
 from lightning_inflect.functional import heatmap_image
@@ -232,14 +233,13 @@ class _InflectMonitor(Callback):
         return [lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
 
     def _write_heatmap(self, trainer: pl.Trainer, metric: str, step: int) -> None:
-        writers = self._tensorboard(trainer)
-        if not writers:
+        """Render ``metric``'s whole history as one image and send it to the loggers that take images
+        (:func:`~lightning_inflect.callbacks.loggers.log_heatmap`: TensorBoard, W&B, ...); nothing without one."""
+        if not any(takes_images(lg) for lg in trainer.loggers):
             return
         self._heatmap_at[metric] = len(self.history[metric])
         values = self.history[metric].full().float().T  # (layers, logs)
-        image = heatmap_image(values)
-        for w in writers:
-            w.add_image(f"{self.log_key_prefix}/heatmap/{metric}", image, global_step=step, dataformats="CHW")
+        log_heatmap(trainer.loggers, f"{self.log_key_prefix}/heatmap/{metric}", heatmap_image(values), step)
 
     def _charts(self) -> dict[str, list]:
         p = self.log_key_prefix

@@ -33,9 +33,10 @@ class AttentionEntropyMonitor(_InflectMonitor):
       ``log(n_valid_keys)``, in ``[0, 1]``.
     * ``inflect/attn_entropy/layer_LL/head_HH``: with ``per_head=True``.
     * ``inflect/overhead_ms``: all inflect monitors' own time on the logging step (written once per step).
-    * TensorBoard only: a custom-scalars layout (one chart, one curve per layer) and the image
-      ``inflect/heatmap/attn_entropy`` (layers x logging steps, one column per log), refreshed every
-      ``heatmap_every_n_logs`` logs and at the end of training.
+    * The image ``inflect/heatmap/attn_entropy`` (layers x logging steps, one column per log), refreshed every
+      ``heatmap_every_n_logs`` logs and at the end of training, to the loggers that take images (TensorBoard, W&B,
+      any logger with Lightning's ``log_image``; not CSV): :mod:`lightning_inflect.callbacks.loggers`.
+    * TensorBoard only: a custom-scalars layout (one chart, one curve per layer).
 
     Args:
         every_n_steps: log every N optimizer steps (``trainer.global_step``), not batches.
@@ -48,7 +49,7 @@ class AttentionEntropyMonitor(_InflectMonitor):
             is exactly one.
         layers_path: dotted path of the block ``nn.ModuleList`` in the model, to override the model table.
         log_key_prefix: first part of every key.
-        heatmap_every_n_logs: refresh the TensorBoard heatmap every N logs of this metric, and once more at the end
+        heatmap_every_n_logs: refresh the heatmap image every N logs of this metric, and once more at the end
             of training; 0 disables it.
         probe: a dict of model keyword inputs (or a list of them) to use as the probe; default: the first
             ``probe_batches`` training batches.

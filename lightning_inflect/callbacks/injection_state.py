@@ -6,11 +6,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_inflect.architectures import check_layer_indices
 from lightning_inflect.callbacks.base import layer_key
+from lightning_inflect.callbacks.loggers import log_text
 from lightning_inflect.injection import InjectionRecord
 from lightning_inflect.validation import check_str_list
 
@@ -65,7 +65,8 @@ def saved_record(trainer: pl.Trainer | None, owner: str) -> Any:
 
 
 def report_injection(trainer: pl.Trainer, record: InjectionRecord, prefix: str, lora_numel: int) -> None:
-    """Log ``prefix/trainable_params`` and the selector's scores, and the injection text (TensorBoard, info log)."""
+    """Log ``prefix/trainable_params`` and the selector's scores (every logger), the injection text ``prefix/injection``
+    (rank 0, the loggers that take text: :func:`~lightning_inflect.callbacks.loggers.log_text`) and the info log."""
     metrics = {f"{prefix}/trainable_params": float(record.trainable_after)}
     if record.scores is not None:
         metrics.update({layer_key(prefix, "inflection_score", i): s for i, s in enumerate(record.scores)})
@@ -73,7 +74,5 @@ def report_injection(trainer: pl.Trainer, record: InjectionRecord, prefix: str, 
         logger.log_metrics(metrics, step=record.step)
     text = record.describe(lora_numel)
     if trainer.is_global_zero:
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_text(f"{prefix}/injection", text, global_step=record.step)
+        log_text(trainer.loggers, f"{prefix}/injection", text, record.step)
     rank_zero_info(text.replace("**", ""))
