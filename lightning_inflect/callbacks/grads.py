@@ -13,8 +13,7 @@ from torch.optim import Optimizer
 from lightning_inflect.callbacks.base import _InflectMonitor
 from lightning_inflect.callbacks.session import ProbeSession
 from lightning_inflect.capture import ActivationGradCapture, mean_norms
-from lightning_inflect.capture.ranks import split_by_placement, sum_over_ranks, world_size
-from lightning_inflect.functional import grouped_grad_norms
+from lightning_inflect.capture.ranks import grad_norm_shares, sum_over_ranks, world_size
 
 __all__ = ["GradientNormMonitor"]
 
@@ -115,22 +114,18 @@ class GradientNormMonitor(_InflectMonitor):
                 parts.append(sums.float() / scale if sums is not None else torch.zeros(n, device=session.device))
                 parts.append(torch.tensor(counts, dtype=torch.float32, device=parts[0].device))
             if "parameter" in self.norms:
-                parts.append(self._param_squares(trainer, session, optimizer, world))
+                parts.append(self._param_squares(trainer, session, optimizer))
             values = sum_over_ranks(torch.cat(parts))  # the one collective of this monitor, with several ranks
             self._emit(trainer, step, values, lambda host: self._record_host(trainer, step, host))
 
-    def _param_squares(
-        self, trainer: pl.Trainer, session: ProbeSession, optimizer: Optimizer, world: int
-    ) -> torch.Tensor:
+    def _param_squares(self, trainer: pl.Trainer, session: ProbeSession, optimizer: Optimizer) -> torch.Tensor:
         """This rank's share of each block's squared parameter-gradient norm: shards count once, whole gradients
         (every rank holds them, synchronised) ``1 / world`` each, so that the sum over ranks is the full one."""
         blocks = session.info.blocks
         grads = [
             [p.grad for p in blocks[i].parameters() if p.requires_grad and p.grad is not None] for i in self.layers
         ]
-        split = [split_by_placement(g) for g in grads]
-        squares = grouped_grad_norms([s for s, _ in split], device=session.device).float().square()
-        squares = squares + grouped_grad_norms([r for _, r in split], device=session.device).float().square() / world
+        squares = grad_norm_shares(grads, device=session.device)
         if getattr(optimizer, "_step_supports_amp_scaling", False):
             squares = squares / self._loss_scale(trainer) ** 2  # fused optimizers unscale inside step()
         return squares

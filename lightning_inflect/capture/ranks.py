@@ -21,7 +21,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["cat_over_ranks", "split_by_placement", "sum_over_ranks", "world_size"]
+from lightning_inflect.functional.norms import grouped_grad_norms
+
+__all__ = ["cat_over_ranks", "grad_norm_shares", "split_by_placement", "sum_over_ranks", "world_size"]
 
 
 def world_size() -> int:
@@ -93,3 +95,17 @@ def split_by_placement(grads: Sequence[Tensor]) -> tuple[list[Tensor], list[Tens
         else:
             replicated.append(g)
     return sharded, replicated
+
+
+def grad_norm_shares(groups: Sequence[Sequence[Tensor]], device: torch.device | None = None) -> Tensor:
+    """This rank's share of each group's squared gradient norm: :func:`sum_over_ranks` of it is the squared norm of
+    the full, synchronised gradient (shards count once, whole gradients ``1 / world`` each, see
+    :func:`split_by_placement`). With one process it is the squared norm itself. No collective, no host sync.
+
+    Example:
+        >>> grad_norm_shares([[torch.tensor([3.0]), torch.tensor([4.0])], []])
+        tensor([25.,  0.])
+    """
+    split = [split_by_placement(g) for g in groups]
+    squares = grouped_grad_norms([s for s, _ in split], device=device).float().square()
+    return squares + grouped_grad_norms([r for _, r in split], device=device).float().square() / world_size()

@@ -21,7 +21,8 @@ from lightning_inflect.capture import (
     ProbeResult,
     mean_norms,
 )
-from lightning_inflect.functional import cka_from_hsic, grouped_grad_norms, hsic_terms
+from lightning_inflect.capture.ranks import grad_norm_shares, sum_over_ranks
+from lightning_inflect.functional import cka_from_hsic, hsic_terms
 from lightning_inflect.history import MetricHistory
 
 __all__ = ["PROBE_METRICS", "StepGradients", "probe_diagnostics"]
@@ -89,8 +90,8 @@ class StepGradients:
         if parameters:
             groups = [
                 [p.grad for p in b.parameters() if p.requires_grad and p.grad is not None] for b in self.info.blocks
-            ]
-            self.collected["param_grad_norm"] = grouped_grad_norms(groups).tolist()
+            ]  # the full gradient's norm under FSDP2 too: shards' squares summed over ranks (every rank collects)
+            self.collected["param_grad_norm"] = sum_over_ranks(grad_norm_shares(groups)).sqrt().tolist()
         if self._capture is not None:
             self._capture.disarm()
             sums, counts = self._capture.read()
