@@ -25,6 +25,9 @@ ADAPTER_NAME = "inflect"
 __all__ = [
     "ADAPTER_NAME",
     "InjectionRecord",
+    "activate_lora",
+    "adapter_state",
+    "attach_dormant_lora",
     "check_module_names",
     "count_trainable",
     "default_targets",
@@ -391,7 +394,7 @@ def inject_lora(model: nn.Module, record: InjectionRecord) -> list[nn.Parameter]
             "adapter beside a model's adapters and never replaces one. Pass another `adapter_name=` to the "
             "InjectionCallback."
         )
-    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    flags = {id(p): p.requires_grad for p in model.parameters()}
     active = {name: list(layer.active_adapters) for name, layer in _lora_layers(model).items()}
     before = {id(p) for p in model.parameters()}
     inject_adapter_in_model(record.config(), model, adapter_name=record.adapter_name)
@@ -404,32 +407,128 @@ def inject_lora(model: nn.Module, record: InjectionRecord) -> list[nn.Parameter]
     for name, layer in _lora_layers(model).items():  # peft activates only the new adapter: keep the others active
         ours = [record.adapter_name] if record.adapter_name in layer.lora_A else []
         layer.set_adapter([*active.get(name, []), *ours])
+    lora = [p for p in model.parameters() if id(p) not in before]
+    _set_trainable(model, record, lora, flags)
+    return lora
+
+
+def _set_trainable(model: nn.Module, record: InjectionRecord, lora: list[nn.Parameter], flags: dict[int, bool]) -> None:
+    """``lora`` trains; with ``record.freeze_backbone`` every other parameter but the kept modules' is frozen,
+    without it each keeps its flag from ``flags`` (by ``id``: peft renames the wrapped weights) or trains when kept.
+    Other adapters' tensors are backbone."""
     keep = tuple(f"{m}." for m in record.keep_trainable)
+    ours = {id(p) for p in lora}
     for name, p in model.named_parameters():
-        if id(p) not in before:
+        if id(p) in ours:
             p.requires_grad_(True)
         elif record.freeze_backbone:
             p.requires_grad_(name.startswith(keep))
         else:
-            p.requires_grad_(flags.get(name, p.requires_grad) or name.startswith(keep))
-    return [p for p in model.parameters() if id(p) not in before]
+            p.requires_grad_(flags.get(id(p), p.requires_grad) or name.startswith(keep))
 
 
-def export_adapters(model: nn.Module, record: InjectionRecord, directory: str | Path, merged: bool = False) -> Path:
+def attach_dormant_lora(model: nn.Module, record: InjectionRecord) -> list[nn.Parameter]:
+    """Attach adapter ``record.adapter_name`` to ``record.target_modules`` of ``model`` *dormant*: inactive (peft
+    skips it in the forward, the outputs are those of the model without it) and frozen (``requires_grad=False``,
+    ``B`` at zero); nothing else changes. :func:`activate_lora` wakes the chosen modules' part later.
+
+    This is how an injection fits sharded training (FSDP2): the adapters must be in the blocks before ``fully_shard``
+    takes the blocks' parameters, so every candidate block gets one at ``setup`` and the injection only flips flags.
+    ``record`` lists the candidate blocks and modules (its step, reason and counts are not used).
+
+    Returns:
+        The new LoRA parameters.
+
+    Example:
+        >>> from transformers import BertConfig, BertModel
+        >>> from lightning_inflect.architectures import find_layers
+        >>> bert = BertModel(BertConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+        ...                             intermediate_size=16))
+        >>> record = plan_injection(bert, find_layers(bert), [0, 1], lora_settings(r=2), ["query"])
+        >>> lora = attach_dormant_lora(bert, record)
+        >>> len(lora), any(p.requires_grad for p in lora), bert.encoder.layer[0].attention.self.query.active_adapters
+        (4, False, [])
+    """
+    flags = {id(p): p.requires_grad for p in model.parameters()}
+    lora = inject_lora(model, record)
+    for layer in _lora_layers(model).values():
+        if record.adapter_name in layer.active_adapters:
+            layer.set_adapter([a for a in layer.active_adapters if a != record.adapter_name])
+    ours = {id(p) for p in lora}
+    for p in model.parameters():
+        p.requires_grad_(False if id(p) in ours else flags[id(p)])
+    return lora
+
+
+def activate_lora(model: nn.Module, record: InjectionRecord) -> list[nn.Parameter]:
+    """Wake the dormant adapter (:func:`attach_dormant_lora`) of ``record.target_modules``: active beside the
+    modules' other adapters, trainable, and every other parameter set as :func:`inject_lora` sets it. The adapter
+    stays dormant in the other modules. In place; works on sharded (DTensor) parameters, since only flags change.
+
+    Returns:
+        The LoRA parameters that now train (the chosen modules' ``lora_A``/``lora_B`` of this adapter).
+
+    Raises:
+        ValueError: when a target module carries no dormant adapter of that name.
+    """
+    layers = _lora_layers(model)
+    missing = [m for m in record.target_modules if m not in layers or record.adapter_name not in layers[m].lora_A]
+    if missing:
+        raise ValueError(
+            f"Expected a dormant LoRA adapter {record.adapter_name!r} on {missing} (attached at setup for sharded "
+            "training) but found none: the blocks to inject must be among the candidate blocks of the setup."
+        )
+    flags = {id(p): p.requires_grad for p in model.parameters()}
+    lora: list[nn.Parameter] = []
+    for name in record.target_modules:
+        layer = layers[name]
+        layer.set_adapter([*[a for a in layer.active_adapters if a != record.adapter_name], record.adapter_name])
+        lora += [*layer.lora_A[record.adapter_name].parameters(), *layer.lora_B[record.adapter_name].parameters()]
+    _set_trainable(model, record, lora, flags)
+    return lora
+
+
+def adapter_state(model: nn.Module, record: InjectionRecord) -> dict[str, Any]:
+    """The tensors :func:`export_adapters` writes, on the CPU, whole: adapter ``record.adapter_name`` of
+    ``record.target_modules`` (not the dormant rest, not other adapters) and the kept modules' parameters, under
+    peft's keys. A sharded (DTensor) tensor is gathered with ``full_tensor()``: a collective, so under FSDP2 every
+    rank must call this, in the same order (it is deterministic)."""
+    from peft import get_peft_model_state_dict
+
+    chosen = tuple(f"{m}." for m in record.target_modules)
+    keep = tuple(f"{m}." for m in record.keep_trainable)
+    state = {k: v for k, v in get_peft_model_state_dict(model, adapter_name=record.adapter_name).items()
+             if k.startswith(chosen)}  # fmt: skip
+    state.update({name: p for name, p in model.state_dict().items() if name.startswith(keep)})
+    out = {}
+    for key, p in state.items():
+        full = getattr(p, "full_tensor", None)
+        out[f"base_model.model.{key}"] = (full() if full is not None else p).detach().cpu().contiguous()
+    return out
+
+
+def export_adapters(
+    model: nn.Module,
+    record: InjectionRecord,
+    directory: str | Path,
+    merged: bool = False,
+    tensors: dict[str, Any] | None = None,
+) -> Path:
     """Save our adapter in peft's format (``adapter_config.json`` + ``adapter_model.safetensors``).
 
     The config is the injection's ``LoraConfig`` (:meth:`InjectionRecord.config`, blocks as
     ``layers_to_transform``) with the kept modules (task head) as ``modules_to_save``, written by its
-    ``save_pretrained``. The tensors are peft's ``get_peft_model_state_dict`` for ``record.adapter_name`` only (a
-    user's own adapters are theirs to save) plus the kept modules, under the keys ``PeftModel.save_pretrained``
-    writes (``base_model.model.`` + the name in the model): the model is not a ``PeftModel``, and wrapping it in
-    one would inject the adapter again. ``PeftModel.from_pretrained(fresh_base_model, directory)`` loads them back.
+    ``save_pretrained``. The tensors (:func:`adapter_state`, or ``tensors`` when given) are peft's
+    ``get_peft_model_state_dict`` for ``record.adapter_name`` in the chosen modules only (a user's own adapters are
+    theirs to save) plus the kept modules, under the keys ``PeftModel.save_pretrained`` writes (``base_model.model.``
+    + the name in the model): the model is not a ``PeftModel``, and wrapping it in one would inject the adapter
+    again. Under FSDP2 every rank gathers ``tensors = adapter_state(model, record)`` and one rank writes them.
+    ``PeftModel.from_pretrained(fresh_base_model, directory)`` loads them back.
 
     With ``merged=True`` a ``merged/`` folder also gets the full model with every active LoRA adapter merged into
     the base weights, loadable with no peft at all; it is made from the saved files, as a user would: peft's
     ``PeftModel.from_pretrained`` over a copy of the model without our adapter, then ``merge_and_unload``.
     """
-    from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
 
     directory = Path(directory)
@@ -437,10 +536,7 @@ def export_adapters(model: nn.Module, record: InjectionRecord, directory: str | 
     name_or_path = getattr(getattr(model, "config", None), "_name_or_path", None) or None
     config = record.config(modules_to_save=list(record.keep_trainable) or None, base_model_name_or_path=name_or_path)
     config.save_pretrained(str(directory))
-    keep = tuple(f"{m}." for m in record.keep_trainable)
-    state = get_peft_model_state_dict(model, adapter_name=record.adapter_name)
-    state.update({name: p for name, p in model.state_dict().items() if name.startswith(keep)})
-    tensors = {f"base_model.model.{key}": p.detach().cpu().contiguous() for key, p in state.items()}
+    tensors = adapter_state(model, record) if tensors is None else tensors
     save_file(tensors, str(directory / "adapter_model.safetensors"), metadata={"format": "pt"})
     (directory / "inflect_injection.json").write_text(json.dumps(record.to_dict(), indent=2))
     if merged:
