@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy, SingleDeviceStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_inflect.architectures import (
@@ -20,15 +20,25 @@ from lightning_inflect.architectures import (
     find_layers,
 )
 from lightning_inflect.callbacks.base import _InflectMonitor
-from lightning_inflect.callbacks.injection_state import read_record, read_state, report_injection, saved_record
+from lightning_inflect.callbacks.injection_state import (
+    corrupt_state,
+    read_record,
+    read_state,
+    report_injection,
+    saved_record,
+)
 from lightning_inflect.callbacks.selector_inputs import SelectorInputs
 from lightning_inflect.injection import (
     ADAPTER_NAME,
     InjectionRecord,
     InjectionSchedule,
+    activate_lora,
+    adapter_state,
+    attach_dormant_lora,
     check_module_names,
     count_trainable,
     default_targets,
+    existing_adapters,
     export_adapters,
     inject_lora,
     lora_parameters,
@@ -113,18 +123,52 @@ _EXPORT_HINT = (
 )
 
 
-def _check_fit(trainer: pl.Trainer, pl_module: pl.LightningModule, trigger: GradientSuppressionTrigger | None) -> None:
+def _sharded(trainer: pl.Trainer) -> bool:
+    """Whether the fit shards parameters with FSDP2 (Lightning's ``ModelParallelStrategy``)."""
+    return isinstance(trainer.strategy, ModelParallelStrategy)
+
+
+def _reshard(module: torch.nn.Module) -> None:
+    """FSDP2: every sharded module back in its sharded state, so that ``parameters()`` are the sharded parameters
+    the optimizer holds. A forward outside a training step (a probe) leaves the root module's parameters gathered
+    until the next backward, and flags set on those would not reach the sharded ones."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for m in module.modules():
+        if isinstance(m, FSDPModule):
+            m.reshard()
+
+
+def _check_fit(
+    trainer: pl.Trainer, pl_module: pl.LightningModule, trigger: GradientSuppressionTrigger | None, merged: bool
+) -> None:
     """What the Trainer and the LightningModule must offer; checked in ``setup``."""
     if not pl_module.automatic_optimization:
         raise ValueError(
             "InjectionCallback needs automatic optimization: with `automatic_optimization = False` it cannot know "
             "which optimizer steps to extend. Inject by hand with `lightning_inflect.injection.inject_lora`."
         )
-    if type(trainer.strategy) not in (SingleDeviceStrategy, DDPStrategy):
+    strategy = trainer.strategy
+    if type(strategy) not in (SingleDeviceStrategy, DDPStrategy, ModelParallelStrategy):
         raise NotImplementedError(
-            f"InjectionCallback does not support {type(trainer.strategy).__name__}: tested are the single-device "
-            "strategy and DDP (`strategy='ddp'`, CPU/gloo). DeepSpeed, FSDP and the others are not."
+            f"InjectionCallback does not support {type(strategy).__name__}: supported are the single-device "
+            "strategy, DDP (`strategy='ddp'`) and FSDP2 (`ModelParallelStrategy(tensor_parallel_size=1)` with "
+            "`fully_shard` in `configure_model`). DeepSpeed and FSDPStrategy (FSDP1) are not: use FSDP2 for sharding."
         )
+    if _sharded(trainer):
+        tensor_parallel = getattr(strategy, "_tensor_parallel_size", 1)
+        if tensor_parallel != 1:
+            raise NotImplementedError(
+                f"InjectionCallback supports ModelParallelStrategy with data parallelism only, but got "
+                f"tensor_parallel_size={tensor_parallel!r}: use `ModelParallelStrategy(data_parallel_size=N, "
+                "tensor_parallel_size=1)`."
+            )
+        if merged:
+            raise ValueError(
+                "InjectionCallback cannot write `export_merged=True` under FSDP2 (the merge needs the whole model on "
+                "one process): pass `export_merged=False` and merge the saved adapters afterwards with peft, "
+                "`PeftModel.from_pretrained(base_model, path).merge_and_unload()`."
+            )
     if trigger is not None and not any(
         isinstance(cb, _InflectMonitor) and "act_grad_norm" in cb.history for cb in _callbacks(trainer)
     ):
@@ -134,6 +178,22 @@ def _check_fit(trainer: pl.Trainer, pl_module: pl.LightningModule, trigger: Grad
         )
 
 
+def _record_in_checkpoint(path: str | Path | None, owner: str, trainer: pl.Trainer) -> Any:
+    """The record callback ``owner`` saved in the checkpoint at ``path`` (a file, or the folder of a distributed
+    checkpoint, whose non-tensor state Lightning keeps in one metadata file), read before Lightning reads it."""
+    from lightning.fabric.utilities.load import _METADATA_FILENAME  # Lightning's name of that file
+
+    if path is None:
+        return None
+    path = Path(path)
+    meta = path / _METADATA_FILENAME if path.is_dir() else path
+    checkpoint = torch.load(meta, map_location="cpu", mmap=not path.is_dir(), weights_only=True)
+    state = (checkpoint.get("callbacks") or {}).get(owner)
+    if state is not None and not isinstance(state, Mapping):
+        raise corrupt_state(owner, trainer, "state", f"expected a dict but got {type(state).__name__}")
+    return (state or {}).get("record")
+
+
 def _default_export_dir(trainer: pl.Trainer) -> str:
     """The checkpoint folder, else the log folder, else the Trainer's root folder."""
     ckpt_dir = getattr(trainer.checkpoint_callback, "dirpath", None)
@@ -141,8 +201,12 @@ def _default_export_dir(trainer: pl.Trainer) -> str:
 
 
 def _retarget_optimizers(trainer: pl.Trainer, pl_module: pl.LightningModule, lora: list[torch.nn.Parameter]) -> None:
-    """Every optimizer trains exactly the module's trainable set, the adapters in one new group of their own."""
+    """Every optimizer trains exactly the module's trainable set, the adapters in one new group of their own. The
+    frozen parameters' last gradients go too: no optimizer clears them any more, and they would be stale."""
     trainable = [p for p in pl_module.parameters() if p.requires_grad]
+    for p in pl_module.parameters():
+        if not p.requires_grad:
+            p.grad = None
     schedulers = [config.scheduler for config in trainer.lr_scheduler_configs]
     for optimizer in trainer.optimizers:
         retarget_optimizer(optimizer, trainable, lora, schedulers)
@@ -197,20 +261,28 @@ class InjectionCallback(Callback):
        and follows group 0's schedule** from then on (the schedulers are extended, not restarted: linear warm-up,
        cosine, ``LambdaLR``, ``ReduceLROnPlateau`` keep their phase);
     5. logs what it did; with DDP the model is wrapped again so the new trainable set is synchronised, and rank 0's
-       choice of blocks is broadcast to every rank.
+       selection (blocks, scores, reason) is broadcast to every rank.
+
+    Under FSDP2 (``ModelParallelStrategy`` with ``fully_shard`` in ``configure_model``) the adapters cannot be added
+    after sharding: ``setup`` attaches them *dormant* (inactive, frozen, ``B`` zero, :func:`attach_dormant_lora`)
+    to every candidate block before ``configure_model`` runs, and step 2 wakes the chosen blocks' ones
+    (:func:`activate_lora`); the export gathers the sharded tensors on every rank and rank 0 writes them.
 
     On resume from a checkpoint taken after the injection, the same adapters are attached in ``setup`` (before
     Lightning loads the weights, strictly) and the optimizer groups are rebuilt in ``on_fit_start`` (before the
-    optimizer state is loaded). A checkpoint from before the injection resumes and injects at the planned step.
-    At the end of ``fit`` the adapters are saved in peft's format in ``<export_dir>/inflect_adapters`` (default: the
-    checkpoint folder, else the log folder): ``PeftModel.from_pretrained(base_model, path)`` loads them.
+    optimizer state is loaded; under FSDP2, which loads the checkpoint after ``on_fit_start``, when the weights
+    load, from the record read in the checkpoint). A checkpoint from before the injection resumes and injects at
+    the planned step. At the end of ``fit`` the adapters are saved in peft's format in
+    ``<export_dir>/inflect_adapters`` (default: the checkpoint folder, else the log folder):
+    ``PeftModel.from_pretrained(base_model, path)`` loads them.
 
     Logged keys (``inflect`` is ``log_key_prefix``, at the injection step):
 
     * ``inflect/inflection_score/layer_LL``: the selector's per-block score (when it has one).
     * ``inflect/trainable_params``: trainable parameters of the Hugging Face model after the injection (the value
       before is in the text report).
-    * TensorBoard text ``inflect/injection``: chosen blocks, reason, injected module names, parameter counts.
+    * text ``inflect/injection`` (TensorBoard, W&B: :mod:`lightning_inflect.callbacks.loggers`): chosen blocks,
+      reason, injected module names, parameter counts.
 
     Args:
         auto: choose the blocks with ``selector`` (default ``SKI()``).
@@ -266,7 +338,8 @@ class InjectionCallback(Callback):
     _restored: InjectionRecord | None = None
     _boundary = True
     _step_at_start = -1
-    _load_hook: Any = None
+    _load_hooks: tuple[Any, ...] = ()
+    _checkpoint_read = False
     _batch_checked = False
 
     def __init__(
@@ -347,7 +420,7 @@ class InjectionCallback(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        _check_fit(trainer, pl_module, self.trigger)
+        _check_fit(trainer, pl_module, self.trigger, self.export and self.export_merged)
         _, model = find_hf_model(pl_module, self.model_attr)
         info = find_layers(model, self.layers_path)
         selectors = [sel for sel in (self.selector, self.fallback_selector) if sel is not None]
@@ -360,18 +433,53 @@ class InjectionCallback(Callback):
         _check_against_model(model, info, self.layers_arg, selectors, self.target_modules, self.keep_trainable)
         if self.export and self.export_dir is not None:
             check_writable_dir("export_dir", self.export_dir, _EXPORT_HINT)
+        if _sharded(trainer):
+            self._attach_dormant(trainer, pl_module, model, info)
         if self.record is None:
             # Lightning restores the weights before the callbacks' state and names the checkpoint only after
             # `setup`: re-apply a saved injection just before the LightningModule's weights are loaded.
-            self._load_hook = pl_module.register_load_state_dict_pre_hook(self._before_weights_load)
+            # FSDP2's full-checkpoint load fills each module that owns parameters on its own: hook the first too.
+            self._checkpoint_read = False
+            owners = [m for m in pl_module.modules() if next(m.parameters(recurse=False), None) is not None]
+            self._load_hooks = tuple(
+                m.register_load_state_dict_pre_hook(self._before_weights_load) for m in [pl_module, *owners[:1]]
+            )
+
+    def _attach_dormant(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, model: torch.nn.Module, info: LayerInfo
+    ) -> None:
+        """FSDP2: attach our adapter, dormant (inactive, frozen, ``B`` zero), to every candidate block before
+        ``configure_model`` shards the blocks; the injection then only wakes the chosen blocks' part."""
+        if self.record is not None or self.adapter_name in existing_adapters(model):
+            return  # a second fit of the same model: the adapters are there
+        if any(hasattr(p, "placements") for p in model.parameters()):
+            raise RuntimeError(
+                "InjectionCallback under FSDP2 attaches its adapters before the model is sharded, but the model's "
+                "parameters are DTensors already: call `fully_shard` in the LightningModule's `configure_model`, "
+                "not in `__init__`."
+            )
+        blocks = list(range(info.num_layers)) if self.auto else check_layer_indices(self.layers_arg, info.num_layers)
+        candidates = plan_injection(
+            model, info, blocks, self.lora, self.target_modules or [], self.keep_trainable,
+            freeze_backbone=self.freeze_backbone, adapter_name=self.adapter_name,
+        )  # fmt: skip
+        seed = trainer.strategy.broadcast(int(torch.randint(2**31 - 1, ()).item()), src=0)
+        with torch.random.fork_rng(devices=[]):  # the same LoRA A on every rank; the user's RNG stream untouched
+            torch.manual_seed(seed)
+            attach_dormant_lora(model, candidates)
 
     def _before_weights_load(self, module: torch.nn.Module, state_dict: dict, *args: Any) -> None:
         ours = f".{self.adapter_name}."
         if self.record is not None or self._restored is not None:
             return
+        fit = self._inputs()
+        if _sharded(fit.trainer):  # every checkpoint has the dormant adapters; and the load runs after on_fit_start
+            if not self._checkpoint_read:
+                self._checkpoint_read = True
+                self._wake_saved(fit)
+            return
         if not any(".lora_" in k and ours in k for k in state_dict):  # a model's own adapters are not ours
             return
-        fit = self._inputs()
         data = saved_record(fit.trainer, self.state_key)
         if not data:
             raise RuntimeError(
@@ -383,16 +491,33 @@ class InjectionCallback(Callback):
         inject_lora(fit.model, record)
         self._restored = record
 
+    def _remove_load_hooks(self) -> None:
+        for hook in self._load_hooks:
+            hook.remove()
+        self._load_hooks = ()
+
+    def _wake_saved(self, fit: SelectorInputs) -> None:
+        """FSDP2 resume: the strategy loads weights, then the optimizer state, then the callbacks' state, all after
+        ``on_fit_start``. Read our record from the checkpoint now and set up the adapters and optimizer groups it
+        was saved with, before the optimizer state arrives."""
+        data = _record_in_checkpoint(fit.trainer.ckpt_path, self.state_key, fit.trainer)
+        if not data:
+            return  # saved before the injection: the adapters stay dormant
+        record = read_record(data, fit.info.num_layers, self.state_key, fit.trainer)
+        self._restored = record
+        _reshard(fit.trainer.lightning_module)
+        _retarget_optimizers(fit.trainer, fit.trainer.lightning_module, activate_lora(fit.model, record))
+
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._load_hook is not None:
-            self._load_hook.remove()
-            self._load_hook = None
+        if not _sharded(trainer):  # FSDP2 loads the checkpoint after this hook
+            self._remove_load_hooks()
         if self._restored is not None:
             # Lightning loads the optimizer state after this hook: give it the groups it was saved with.
             _retarget_optimizers(trainer, pl_module, lora_parameters(self._inputs().model, self.adapter_name))
             _rewrap_ddp(trainer)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._remove_load_hooks()
         total = trainer.estimated_stepping_batches
         if not self.injected:
             self.schedule.plan(total)
@@ -453,9 +578,16 @@ class InjectionCallback(Callback):
         return self._fit
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.record is not None and self.export and trainer.is_global_zero:
+        if self.record is None or not self.export:
+            return
+        model = self._inputs().model
+        tensors = None
+        if _sharded(trainer):  # every rank gathers the sharded tensors
+            _reshard(pl_module)
+            tensors = adapter_state(model, self.record)
+        if trainer.is_global_zero:
             folder = Path(self.export_dir or _default_export_dir(trainer)) / "inflect_adapters"
-            self.export_path = export_adapters(self._inputs().model, self.record, folder, merged=self.export_merged)
+            self.export_path = export_adapters(model, self.record, folder, merged=self.export_merged, tensors=tensors)
             rank_zero_info(f"InjectionCallback: adapters saved in {self.export_path}")
 
     def _choose(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, step: int) -> Selection | None:
@@ -474,19 +606,23 @@ class InjectionCallback(Callback):
     # ----------------------------------------------------------------------------------------------- inject
     def _inject(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, step: int) -> None:
         selection = self._choose(trainer, pl_module, batch, step)
+        if trainer.world_size > 1:  # decide together: rank 0's choice (or skip), scores and reason on every rank
+            selection = trainer.strategy.broadcast(selection, src=0)
         self.planned_step = None
         if selection is None:
             return
         layers = list(selection.layers)
-        if trainer.world_size > 1:  # decide together: rank 0's choice everywhere
-            layers = trainer.strategy.broadcast(layers, src=0)
         fit = self._inputs()
         record = plan_injection(
             fit.model, fit.info, layers, self.lora, self.target_modules or [], self.keep_trainable,
             freeze_backbone=self.freeze_backbone, step=step, reason=self._trigger_reason + selection.reason,
             scores=None if selection.scores is None else list(selection.scores), adapter_name=self.adapter_name,
         )  # fmt: skip
-        lora = inject_lora(fit.model, record)
+        if _sharded(trainer):
+            _reshard(pl_module)
+            lora = activate_lora(fit.model, record)
+        else:
+            lora = inject_lora(fit.model, record)
         record.trainable_after = count_trainable(fit.model)
         self.record, self.selection = record, selection
         _retarget_optimizers(trainer, pl_module, lora)
@@ -505,9 +641,7 @@ class InjectionCallback(Callback):
         self.planned_step = planned if "planned_step" in state_dict else self.planned_step
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if self._load_hook is not None:
-            self._load_hook.remove()
-            self._load_hook = None
+        self._remove_load_hooks()
         if self._fit is not None:
             self._fit.grads.disarm()
             self._fit = None
