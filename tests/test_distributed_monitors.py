@@ -95,3 +95,38 @@ def test_a_probe_taken_on_other_ranks_resumes_only_with_as_many_ranks():
     session.set_probe({"ranks": [[batch]]})
     assert session.rank_sizes == [[3]] and session.probe_state() == {"ranks": [[batch]]}
     assert torch.equal(session.probe_batches[0]["input_ids"], batch["input_ids"])
+
+
+@pytest.mark.parametrize("name", ["DeepSpeedStrategy", "FSDPStrategy"])
+def test_deepspeed_and_fsdp1_are_refused_at_setup_with_the_reason_and_the_fix(name):
+    from types import SimpleNamespace
+
+    import lightning.pytorch.strategies as strategies
+
+    from lightning_inflect import InjectionCallback
+
+    strategy = object.__new__(getattr(strategies, name))  # neither can be built here (no deepspeed, no CUDA)
+    trainer = SimpleNamespace(strategy=strategy)
+    module = ClsModule(tiny_model("bert"))
+    for monitor in all_monitors():
+        with pytest.raises(NotImplementedError, match=rf"does not support {name}: .*gradient.*ModelParallelStrategy"):
+            monitor.setup(trainer, module, "fit")
+    with pytest.raises(NotImplementedError, match=rf"does not support {name}: .*FSDP2 .*ModelParallelStrategy"):
+        InjectionCallback(layers=[0], at_step=1).setup(trainer, module, "fit")
+
+
+def test_injection_under_fsdp2_refuses_tensor_parallelism_and_a_merged_export():
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    from lightning_inflect import InjectionCallback
+
+    strategy = object.__new__(ModelParallelStrategy)
+    strategy._tensor_parallel_size = 2
+    trainer, module = SimpleNamespace(strategy=strategy), ClsModule(tiny_model("bert"))
+    with pytest.raises(NotImplementedError, match=r"tensor_parallel_size=2: use `ModelParallelStrategy\("):
+        InjectionCallback(layers=[0], at_step=1).setup(trainer, module, "fit")
+    strategy._tensor_parallel_size = 1
+    with pytest.raises(ValueError, match=r"`export_merged=True` under FSDP2.*merge_and_unload"):
+        InjectionCallback(layers=[0], at_step=1, export_merged=True).setup(trainer, module, "fit")

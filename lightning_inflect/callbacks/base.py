@@ -38,6 +38,24 @@ def layer_key(prefix: str, metric: str, layer: int, head: int | None = None) -> 
     return key if head is None else f"{key}/head_{head:02d}"
 
 
+_UNSUPPORTED_STRATEGIES = {
+    "DeepSpeedStrategy": "ZeRO keeps gradients in partitioned buffers of its own (a parameter's `.grad` is not its "
+    "gradient), so the parameter-gradient norms cannot be read.",
+    "FSDPStrategy": "FSDP1 leaves each rank a plain tensor holding its part of a gradient (or of a flat parameter), "
+    "indistinguishable from a whole gradient, so the parameter-gradient norms would be wrong; FSDP2 shards each "
+    "parameter as a DTensor, which says it is a shard.",
+}
+"""Strategies the monitors refuse at setup, and why."""
+
+
+def _is_a(strategy: Any, name: str) -> bool:
+    """Whether ``strategy`` is Lightning's strategy class ``name`` or a subclass of it."""
+    import lightning.pytorch.strategies as strategies
+
+    cls = getattr(strategies, name, None)
+    return cls is not None and isinstance(strategy, cls)
+
+
 class _InflectMonitor(Callback):
     """Base of the monitors. Subclasses set ``metrics`` and implement the hooks they need."""
 
@@ -126,6 +144,13 @@ class _InflectMonitor(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        strategy = next((n for n in _UNSUPPORTED_STRATEGIES if _is_a(trainer.strategy, n)), None)
+        if strategy is not None:
+            raise NotImplementedError(
+                f"{type(self).__name__} does not support {strategy}: {_UNSUPPORTED_STRATEGIES[strategy]} Supported "
+                "are the single-device strategy, DDP and FSDP2 (`ModelParallelStrategy(data_parallel_size=N, "
+                "tensor_parallel_size=1)` with `fully_shard` in `configure_model`)."
+            )
         tensor_parallel = getattr(trainer.strategy, "_tensor_parallel_size", 1)
         if tensor_parallel != 1:
             raise ValueError(
