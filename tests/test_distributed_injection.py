@@ -1,6 +1,7 @@
-"""InjectionCallback under DDP and FSDP2 (two CPU processes, gloo): the injection keeps the logits, trains exactly
-the adapters and the head with gradients synchronised over the ranks, and a run resumed from a checkpoint taken
-after it (FSDP2: sharded and full) ends with the weights of the uninterrupted run."""
+"""InjectionCallback under DDP and FSDP2 (two CPU processes, gloo): the block it picks by its own measure of the
+full gradient, the injection keeps the logits, trains exactly the adapters and the head with gradients synchronised
+over the ranks, and a run resumed from a checkpoint taken after it (FSDP2: sharded and full) ends with the weights
+and the monitors' histories of the uninterrupted run."""
 
 from __future__ import annotations
 
@@ -53,22 +54,41 @@ def test_the_injection_keeps_the_logits_and_trains_exactly_the_adapters_and_the_
     assert all((v.abs().sum() > 0) == (f"layer.{block}." in k) for k, v in lora_b.items())  # dormant ones stay 0
 
 
+def _one_process(record: dict | None, state: dict, batches: list[dict]) -> torch.nn.Module:
+    """The model with ``state`` (FSDP2's dormant adapters outside the ``record``'s block dropped: their B is 0) after
+    a backward of the mean loss over the union of the ranks' ``batches``, in one process."""
+    model = tiny_model("bert", **NO_DROPOUT)
+    chosen = "no block"
+    if record is not None:
+        inject_lora(model, InjectionRecord.from_dict(record))
+        chosen = f"layer.{record['layers'][0]}."
+    kept = {}
+    for key, value in state.items():
+        if chosen not in key and ".lora_" in key:
+            continue
+        kept[key if chosen in key else key.replace(".base_layer.", ".")] = value
+    model.load_state_dict(kept)
+    assert not torch.equal(batches[0]["input_ids"], batches[1]["input_ids"])  # the ranks see other examples
+    model(**{k: torch.cat([b[k] for b in batches]) for k in batches[0]}).loss.backward()  # mean of the ranks' means
+    return model
+
+
+def test_the_callback_picks_the_block_by_the_full_gradient_norm(runs):
+    _, _, fits = runs
+    r0, r1 = fits["straight"]
+    model = _one_process(None, r0["state_before"], [r0["batch_before"], r1["batch_before"]])
+    expected = [
+        torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in block.parameters()])).item()
+        for block in model.bert.encoder.layer
+    ]
+    torch.testing.assert_close(torch.tensor(r0["record"]["scores"]), torch.tensor(expected), rtol=1e-4, atol=1e-8)
+    assert r0["record"]["layers"] == [max(range(3), key=expected.__getitem__)]
+
+
 def test_the_adapters_gradients_are_those_of_one_process_over_the_union_of_the_ranks_examples(runs):
     _, _, fits = runs
     r0, r1 = fits["straight"]
-    record = InjectionRecord.from_dict(r0["record"])
-    model = tiny_model("bert", **NO_DROPOUT)
-    inject_lora(model, record)
-    chosen = f"layer.{record.layers[0]}."
-    state = {}  # the weights at the first step after injection; FSDP2's dormant adapters elsewhere (B = 0) dropped
-    for key, value in r0["state"].items():
-        if chosen not in key and ".lora_" in key:
-            continue
-        state[key if chosen in key else key.replace(".base_layer.", ".")] = value
-    model.load_state_dict(state)
-    union = {k: torch.cat([r0["batch"][k], r1["batch"][k]]) for k in r0["batch"]}
-    assert not torch.equal(r0["batch"]["input_ids"], r1["batch"]["input_ids"])  # the ranks see other examples
-    model(**union).loss.backward()  # the mean over the 8 examples: the mean of the ranks' means
+    model = _one_process(r0["record"], r0["state"], [r0["batch"], r1["batch"]])  # the first step after injection
     expected = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
     assert sorted(expected) == sorted(r0["grads"]) == sorted(r1["grads"])  # frozen parameters keep no gradient
     for name, grad in expected.items():
@@ -86,6 +106,11 @@ def test_a_run_resumed_after_the_injection_ends_as_the_uninterrupted_one(runs):
             assert rank["restored"] and rank["record"] == straight["record"], name
             assert rank["optimizer"] == rank["trainable"] == straight["trainable"], name
             assert rank["final"].keys() == straight["final"].keys()
+            assert rank["history"].keys() == straight["history"].keys()
+            for metric, (steps, rows) in rank["history"].items():  # restored, then continued, as if never stopped
+                assert steps == straight["history"][metric][0] == list(range(6)), (name, metric)
+                torch.testing.assert_close(torch.tensor(rows), torch.tensor(straight["history"][metric][1]),
+                                           rtol=1e-5, atol=1e-7, equal_nan=True, msg=f"{name} {metric}")  # fmt: skip
             for key, value in rank["final"].items():
                 torch.testing.assert_close(value, straight["final"][key], rtol=1e-5, atol=1e-7, msg=f"{name} {key}")
 

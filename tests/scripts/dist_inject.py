@@ -4,7 +4,8 @@ for rank 1.
 Two CPU processes (gloo). STRATEGY is ``ddp`` or ``fsdp2`` (Lightning's ModelParallelStrategy with ``fully_shard``
 on each block and then on the model in ``configure_model``). A tiny BERT (no dropout), 8 examples: each rank sees
 its own 4 at every step (one step per epoch), so a resumed run sees what the uninterrupted one saw. AdamW (state to
-restore), automatic injection (SKI on the callback's own diagnostics, one block) at step 2. Three fits:
+restore), the three monitors at every step, automatic injection at step 2 of the block with the largest
+parameter-gradient norm (GradientProbe; no monitor logs that norm, so the callback measures it itself). Three fits:
 
 * ``straight``: 6 steps, a checkpoint after every step (FSDP2: distributed, sharded);
 * ``sharded``: resumed from the straight run's checkpoint at step 4 (after the injection) to step 6, writing
@@ -12,8 +13,9 @@ restore), automatic injection (SKI on the callback's own diagnostics, one block)
 * ``full``: resumed from the ``sharded`` fit's checkpoint at step 5 to step 6.
 
 Each rank saves to OUT_DIR/<fit>_rank{r}.pt what the test compares: the logits just before and just after the
-injection, the whole weights and LoRA gradients of the first step after it, the batches of that step, the trainable
-and optimizer parameter names, the final whole weights and where the adapters were exported.
+injection, the whole weights and the batches of the steps just before and after it, the gradients of the step after,
+the trainable and optimizer parameter names, the monitors' histories, the final whole weights and where the adapters
+were exported.
 """
 
 import sys
@@ -26,9 +28,10 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conftest import NO_DROPOUT, ClsModule, loader, tiny_model
-from scripts.dist_monitors import Sharded
+from scripts.dist_monitors import Sharded, all_monitors
 
-from lightning_inflect import SKI, InjectionCallback
+from lightning_inflect import GradientNormMonitor, InjectionCallback
+from lightning_inflect.selection import GradientProbe
 
 AT, STEPS, PER_RANK, LR = 2, 6, 4, 0.01
 PROBE = {"input_ids": torch.arange(1, 17).reshape(2, 8) % 50, "attention_mask": torch.ones(2, 8, dtype=torch.long)}
@@ -66,6 +69,19 @@ class Logits(Callback):
                 self.logits = pl_module.model(**PROBE).logits.detach().clone()
 
 
+class BeforeInjection(Callback):
+    """The whole weights at the start of the step before the injection, and its batch."""
+
+    def __init__(self) -> None:
+        self.state: dict[str, torch.Tensor] = {}
+        self.batch: dict[str, torch.Tensor] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == AT - 1 and not self.state:
+            self.state = whole_state(pl_module.model)
+            self.batch = {k: v.clone() for k, v in batch.items()}
+
+
 class AfterInjection(Logits):
     """Also the whole weights at the start of the first step after the injection, its batch and LoRA gradients."""
 
@@ -88,15 +104,19 @@ class AfterInjection(Logits):
 
 def fit(kind: str, out: Path, name: str, ckpt: Path | None, distributed_checkpoint: bool) -> None:
     pl.seed_everything(0)
-    before, after = Logits(), AfterInjection()
-    inj = InjectionCallback(auto=True, selector=SKI(top_k=1, window=1), at_step=AT, r=4, export_dir=out / name)
+    before, after, earlier = Logits(), AfterInjection(), BeforeInjection()
+    monitors = [m for m in all_monitors() if not isinstance(m, GradientNormMonitor)]
+    monitors.append(GradientNormMonitor(every_n_steps=1, norms=("activation",)))
+    selector = GradientProbe(k=1, window=1)
+    inj = InjectionCallback(auto=True, selector=selector, at_step=AT, r=4, export_dir=out / name)
     saver = ModelCheckpoint(dirpath=out / name, every_n_train_steps=1, save_top_k=-1, filename="{step}")
     strategy = (
         ModelParallelStrategy(2, 1, save_distributed_checkpoint=distributed_checkpoint) if kind == "fsdp2" else "ddp"
     )
     trainer = pl.Trainer(
-        strategy=strategy, accelerator="cpu", devices=2, max_steps=STEPS, callbacks=[before, inj, after, saver],
-        logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(out / name),
+        strategy=strategy, accelerator="cpu", devices=2, max_steps=STEPS, logger=False,
+        callbacks=[earlier, before, *monitors, inj, after, saver], enable_progress_bar=False,
+        enable_model_summary=False, default_root_dir=str(out / name),
     )  # fmt: skip
     module = (ShardedModule if kind == "fsdp2" else Module)(tiny_model("bert", **NO_DROPOUT), lr=LR)
     trainer.fit(module, loader(2 * PER_RANK, batch_size=PER_RANK), ckpt_path=ckpt)
@@ -109,6 +129,9 @@ def fit(kind: str, out: Path, name: str, ckpt: Path | None, distributed_checkpoi
             "before": before.logits,
             "after": after.logits,
             "state": after.state,
+            "state_before": earlier.state,
+            "batch_before": earlier.batch,
+            "history": {m: (h.steps, h.rows) for mon in monitors for m, h in mon.history.items()},
             "batch": after.batch,
             "grads": after.grads,
             "lora_sharded": bool(lora) and all(hasattr(p, "placements") for p in lora),
