@@ -79,11 +79,13 @@ def source(
     model: str | None = None,
     verbose: bool = False,
 ) -> None:
-    """Train the source model on SST-2 (UNDER = 1 epoch, OVER = 8 epochs) and save it under OUT/source/REGIME/model.
+    """Train the source model on SST-2 and save it under OUT/source/REGIME/model (skipped when saved already).
+
+    The budget is the preset's step budget for the regime (source_steps), else UNDER 1 epoch and OVER 8.
 
     Args:
         regime: under or over.
-        preset: cpu-small, paper or tiny (data sizes, lengths, learning rates).
+        preset: a preset of lightning_inflect.experiments.config.PRESETS (data sizes, lengths, rates, budgets).
         out: study folder.
         data_dir: folder with sst2/ and rotten_tomatoes/ (default: $LIGHTNING_INFLECT_DATA), or hf-hub to load them
             from the Hugging Face hub (needs the [hub] extra and network).
@@ -107,6 +109,7 @@ def transfer(
     out: str | None = None,
     data_dir: str | None = None,
     dedup_target: bool = False,
+    lr: float | None = None,
     verbose: bool = False,
 ) -> None:
     """Fine-tune a source model on Rotten Tomatoes with one strategy; write metrics.json, config.json, logs.
@@ -115,11 +118,12 @@ def transfer(
         strategy: a registered transfer strategy (the choices above; lightning_inflect.experiments.strategies).
         source_ckpt: folder of a saved source model (from `lightning-inflect source`) or any HF model path.
         seed: random seed.
-        preset: cpu-small, paper or tiny.
+        preset: a preset of lightning_inflect.experiments.config.PRESETS.
         out: run folder (default: runs/transfer/STRATEGY/seedSEED).
         data_dir: folder with sst2/ and rotten_tomatoes/ (default: $LIGHTNING_INFLECT_DATA), or hf-hub to load them
             from the Hugging Face hub (needs the [hub] extra and network).
         dedup_target: drop RT training sentences that occur in SST-2 train.
+        lr: the AdamW learning rate (default: the preset's lr).
         verbose: show every library message (Lightning's tips, transformers' load reports, ...).
     """
     from lightning_inflect.experiments.transfer import run_transfer
@@ -127,7 +131,7 @@ def transfer(
     cfg = _config(preset, data_dir=data_dir, dedup_target=dedup_target or None)
     run_dir = Path(out or f"runs/transfer/{strategy}/seed{seed}")
     with _quiet(verbose):
-        metrics = run_transfer(cfg, strategy, seed, Path(source_ckpt), run_dir, progress=True)
+        metrics = run_transfer(cfg, strategy, seed, Path(source_ckpt), run_dir, progress=True, lr=lr)
     _say(json.dumps({k: v for k, v in metrics.items() if k != "scores"}, indent=2))
 
 
@@ -145,15 +149,20 @@ def grid(
 ) -> None:
     """Run regimes x strategies x seeds and write results.md, results.csv and results.json; re-runs resume.
 
-    The tables are rewritten after every finished cell and marked partial until the grid is complete.
+    The tables are rewritten after every finished run and marked partial until the grid is complete. With a tuned
+    preset (cpu-small-fair, paper-fair) every strategy first trains once per rate of its grid on the tuning seed
+    and the rate with the best validation accuracy trains the evaluation seeds; the tables then add the rates, the
+    source models' SST-2 dev accuracy, the blocks per seed, paired differences with 95% intervals and verdicts.
 
     Args:
-        preset: cpu-small (2 CPU cores, about an hour), paper (BERT-base protocol, for a GPU) or tiny (seconds).
-        out: grid folder; finished cells (with metrics.json) are skipped.
+        preset: cpu-small-fair (tuned, 2 CPU cores, about 2 h), paper-fair (tuned, full data, for a GPU),
+            cpu-small and paper (the earlier protocol: one rate for every strategy) or tiny (seconds).
+        out: grid folder; finished runs (with metrics.json) are skipped, so the same command resumes. A folder
+            run with other settings is refused.
         data_dir: folder with sst2/ and rotten_tomatoes/ (default: $LIGHTNING_INFLECT_DATA), or hf-hub to load them
             from the Hugging Face hub (needs the [hub] extra and network).
         model: Hugging Face id or local path (overrides the preset).
-        seeds: seeds (default 0 1 2).
+        seeds: evaluation seeds (default: the preset's).
         strategies: subset of the registered strategies (default: the preset's; cpu-small and paper: all).
         regimes: subset of under, over.
         dedup_target: drop RT training sentences that occur in SST-2 train (test accuracy is always reported both

@@ -22,6 +22,7 @@ BUILT_IN = {
     "shallow": (False, False, "unfrozen fixed blocks", None),
     "uniform-lora": (True, False, "LoRA on fixed blocks", None),
     "inflection-lora": (True, True, "LoRA on diagnosed blocks", "SKI"),
+    "inflection-band-lora": (True, True, "LoRA on diagnosed blocks", "SKI"),
     "cka-lora": (True, True, "LoRA on diagnosed blocks", "CKAImportance"),
     "grad-lora": (True, True, "LoRA on diagnosed blocks", "GradientProbe"),
     "random-lora": (True, True, "LoRA on diagnosed blocks", "RandomK"),
@@ -43,6 +44,19 @@ def test_built_in_strategies():
         spec = get_strategy(name)
         assert (spec.lora, spec.selective, spec.kind, spec.selector_name(cfg)) == (lora, selective, kind, selector)
     assert ExperimentConfig().strategy_list() == list(BUILT_IN)  # the default grid: every registered strategy
+
+
+def test_ski_variants_select_by_top_k_and_by_local_maxima_with_a_band():
+    """The two SKI strategies read the same diagnosis and choose differently when the scores have one peak."""
+    cfg = ExperimentConfig(k=2, diagnose_steps=1)
+    history = {
+        "attn_entropy": {"steps": [3], "values": [[2.0, 1.0, 1.5, 2.0, 2.0, 2.0]]},
+        "act_grad_norm": {"steps": [3], "values": [[1.0, 0.1, 0.5, 1.0, 1.0, 1.0]]},
+    }
+    top_k = get_strategy("inflection-lora").selector(cfg, 0).select(history, num_layers=6)
+    band = get_strategy("inflection-band-lora").selector(cfg, 0).select(history, num_layers=6)
+    assert top_k.layers == (1, 2) and "top-2" in top_k.reason
+    assert band.layers == (0, 1, 2) and "local maxima at blocks 1" in band.reason and "band +-1" in band.reason
 
 
 def test_cli_choices_are_the_registry():

@@ -15,7 +15,15 @@ from lightning_inflect.experiments.config import ExperimentConfig
 from lightning_inflect.experiments.quiet import is_quiet
 from lightning_inflect.experiments.study_data import StudyData, normalise_text
 
-__all__ = ["accuracies_on_test", "evaluate", "load_classifier", "load_model", "make_trainer", "predictions_correct"]
+__all__ = [
+    "accuracies_on_test",
+    "accuracies_on_validation",
+    "evaluate",
+    "load_classifier",
+    "load_model",
+    "make_trainer",
+    "predictions_correct",
+]
 
 log = logging.getLogger(__name__)
 
@@ -114,17 +122,31 @@ def make_trainer(
 def predictions_correct(
     model: Any, tokenizer: Any, pairs: Sequence[tuple[str, int]], cfg: ExperimentConfig
 ) -> list[bool]:
-    """Whether ``model`` classifies each of ``pairs`` correctly (eval mode, restored afterwards)."""
+    """Whether ``model`` classifies each of ``pairs`` correctly, in the order of ``pairs`` (eval mode, restored
+    afterwards).
+
+    The sentences run in batches of similar length (less padding: about half the time of the given order on a CPU);
+    the padding is masked, so the order does not change the predictions.
+    """
     from lightning_inflect.capture import eval_mode
     from lightning_inflect.experiments.loaders import make_dataloader
 
+    if not pairs:
+        return []
     device = next(model.parameters()).device
-    out: list[bool] = []
+    lengths = [
+        len(ids) for ids in tokenizer([t for t, _ in pairs], truncation=True, max_length=cfg.max_length)["input_ids"]
+    ]
+    order = sorted(range(len(pairs)), key=lengths.__getitem__)
+    by_length: list[bool] = []
     with eval_mode(model):
-        for batch in make_dataloader(pairs, tokenizer, batch_size=64, max_length=cfg.max_length):
+        for batch in make_dataloader([pairs[i] for i in order], tokenizer, batch_size=64, max_length=cfg.max_length):
             labels = batch.pop("labels").to(device)
             logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
-            out.extend((logits.argmax(-1) == labels).tolist())
+            by_length.extend((logits.argmax(-1) == labels).tolist())
+    out = [False] * len(pairs)
+    for position, i in enumerate(order):
+        out[i] = by_length[position]
     return out
 
 
@@ -134,12 +156,30 @@ def evaluate(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, int]], cfg: 
     return sum(correct) / len(correct) if correct else math.nan
 
 
+def _accuracies(
+    model: Any,
+    tokenizer: Any,
+    pairs: Sequence[tuple[str, int]],
+    dedup: Sequence[tuple[str, int]],
+    cfg: ExperimentConfig,
+    name: str,
+) -> dict[str, float]:
+    """``{name}_acc`` on ``pairs`` and ``{name}_acc_dedup`` on those of them also in ``dedup``, in one pass."""
+    correct = predictions_correct(model, tokenizer, pairs, cfg) if pairs else []
+    clean = {normalise_text(t) for t, _ in dedup}
+    kept = [c for c, (t, _) in zip(correct, pairs) if normalise_text(t) in clean]
+    return {
+        f"{name}_acc": sum(correct) / len(correct) if correct else math.nan,
+        f"{name}_acc_dedup": sum(kept) / len(kept) if kept else math.nan,
+    }
+
+
 def accuracies_on_test(model: Any, tokenizer: Any, data: StudyData, cfg: ExperimentConfig) -> dict[str, float]:
     """Accuracy on the whole test set and on its sentences absent from the source training set, in one pass."""
-    correct = predictions_correct(model, tokenizer, data.target_test, cfg)
-    clean = {normalise_text(t) for t, _ in data.target_test_dedup}
-    kept = [c for c, (t, _) in zip(correct, data.target_test) if normalise_text(t) in clean]
-    return {
-        "test_acc": sum(correct) / len(correct) if correct else math.nan,
-        "test_acc_dedup": sum(kept) / len(kept) if kept else math.nan,
-    }
+    return _accuracies(model, tokenizer, data.target_test, data.target_test_dedup, cfg, "test")
+
+
+def accuracies_on_validation(model: Any, tokenizer: Any, data: StudyData, cfg: ExperimentConfig) -> dict[str, float]:
+    """Accuracy on the whole validation split and on its sentences absent from the source training set (NaN when
+    the data have no validation split)."""
+    return _accuracies(model, tokenizer, data.target_val, data.target_val_dedup, cfg, "val")

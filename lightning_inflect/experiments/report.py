@@ -748,7 +748,7 @@ def preferred_strategies() -> list[str]:
 
     Example:
         >>> preferred_strategies()[:2], preferred_strategies()[-1]
-        (['inflection-lora', 'cka-lora'], 'uniform-lora')
+        (['inflection-lora', 'inflection-band-lora'], 'uniform-lora')
     """
     specs = list(STRATEGIES.values())
     return [s.name for s in specs if s.selective] + [s.name for s in specs if not s.selective]

@@ -1,4 +1,9 @@
-"""The grid's tables: ``results.json`` (every run and the summary), ``results.csv`` and ``results.md``."""
+"""The grid's tables: ``results.json`` (every run and the summary), ``results.csv`` and ``results.md``.
+
+Under the tuned protocol (``lr_grids`` set) they also hold the tuning runs, the rate chosen per strategy, the source
+models' SST-2 dev accuracy, the blocks chosen per seed, the paired differences and the verdicts
+(:mod:`lightning_inflect.experiments.results_tuned`), and ``runs.csv`` / ``comparisons.csv`` are written too.
+"""
 
 from __future__ import annotations
 
@@ -30,8 +35,13 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(kept), (statistics.stdev(kept) if len(kept) > 1 else 0.0)
 
 
+def _num(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+
+
 def summary_rows(results: Sequence[dict[str, Any]], cfg: ExperimentConfig) -> list[dict[str, Any]]:
-    """One row per regime and strategy (in ``cfg``'s order) with runs: mean +- std over seeds, blocks used."""
+    """One row per regime and strategy (in ``cfg``'s order) with runs: mean +- std over seeds (test, and validation
+    where the runs measured it), the learning rate, blocks used."""
     rows = []
     for regime in cfg.regimes:
         for strategy in cfg.strategy_list():
@@ -40,15 +50,23 @@ def summary_rows(results: Sequence[dict[str, Any]], cfg: ExperimentConfig) -> li
                 continue
             acc, acc_sd = mean_std([m["test_acc"] for m in runs])
             dd, dd_sd = mean_std([m["test_acc_dedup"] for m in runs])
+            va, va_sd = mean_std([_num(m.get("val_acc")) for m in runs])
+            vd, vd_sd = mean_std([_num(m.get("val_acc_dedup")) for m in runs])
+            rates = sorted({m["lr"] for m in runs if m.get("lr") is not None})
             rows.append(
                 {
                     "regime": regime,
                     "strategy": strategy,
+                    "lr": rates[0] if len(rates) == 1 else (rates or None),
                     "seeds": len(runs),
                     "test_acc_mean": acc,
                     "test_acc_std": acc_sd,
                     "test_acc_dedup_mean": dd,
                     "test_acc_dedup_std": dd_sd,
+                    "val_acc_mean": va,
+                    "val_acc_std": va_sd,
+                    "val_acc_dedup_mean": vd,
+                    "val_acc_dedup_std": vd_sd,
                     "trainable_params": statistics.median(m["trainable_params"] for m in runs),
                     "train_seconds_mean": statistics.fmean(m["train_seconds"] for m in runs),
                     "layers": sorted({tuple(m["layers"]) for m in runs if m.get("layers") is not None}),
@@ -73,6 +91,26 @@ def _data_line(results: Sequence[dict[str, Any]], cfg: ExperimentConfig, wall_se
     )
 
 
+def _partial_line(done: int, total: int, tuning_done: int, tuning_total: int) -> list[str]:
+    """The first line of a partial ``results.md`` (nothing when every run is finished).
+
+    Example:
+        >>> _partial_line(3, 4, 0, 0)
+        ['**Partial: 3 of 4 cells finished.**', '']
+        >>> _partial_line(4, 4, 2, 6)[0][:70]
+        '**Partial: tuning 2 of 6 runs and evaluation 4 of 4 runs finished. Not'
+    """
+    if done >= total and tuning_done >= tuning_total:
+        return []
+    if not tuning_total:
+        return [f"**Partial: {done} of {total} cells finished.**", ""]
+    return [
+        f"**Partial: tuning {tuning_done} of {tuning_total} runs and evaluation {done} of {total} runs finished. Not"
+        " the final result: every table and verdict below covers the finished runs only.**",
+        "",
+    ]
+
+
 def results_markdown(
     results: Sequence[dict[str, Any]],
     rows: Sequence[dict[str, Any]],
@@ -81,7 +119,7 @@ def results_markdown(
     cells_total: int,
 ) -> str:
     """``results.md``: a partial-grid line when cells are missing, the table, and a line about data and time."""
-    lines = [] if len(results) >= cells_total else [f"**Partial: {len(results)} of {cells_total} cells finished.**", ""]
+    lines = _partial_line(len(results), cells_total, 0, 0)
     lines += [
         "| regime | strategy | test acc (whole test set) | test acc (no SST-2 overlap) | trainable params | "
         "train s | blocks |",
@@ -104,28 +142,54 @@ def write_results(
     cfg: ExperimentConfig,
     wall_seconds: float | None,
     cells_total: int | None = None,
+    *,
+    tuning: list[dict[str, Any]] | None = None,
+    tuning_total: int = 0,
+    sources: list[dict[str, Any]] | None = None,
 ) -> None:
     """``results.json`` (every run), ``results.csv`` and ``results.md`` (mean +- std per regime and strategy).
 
     ``cells_total`` is the grid's size: when fewer runs than that are given, the tables say they are partial
     (``results.json`` has ``"complete": false`` and ``results.md`` a line naming the finished and total cells).
     ``wall_seconds`` is None when the runs were collected from several processes: the tables then give the
-    summed run time instead of a wall time.
+    summed run time instead of a wall time. Under the tuned protocol (``cfg.lr_grids``), ``tuning`` holds the
+    finished tuning runs of ``tuning_total`` and ``sources`` the source models' ``metrics.json``: the tables then
+    hold the sections of :mod:`~lightning_inflect.experiments.results_tuned`.
     """
+    from lightning_inflect.experiments.results_tuned import tuned_markdown, tuned_summary, write_tuned_csv
+
     cells_total = len(results) if cells_total is None else cells_total
+    tuning = tuning or []
     rows = summary_rows(results, cfg)
-    summary = {
+    complete = len(results) >= cells_total and len(tuning) >= tuning_total
+    summary: dict[str, Any] = {
         "runs": results,
         "summary": rows,
         "wall_seconds": wall_seconds,
-        "complete": len(results) >= cells_total,
+        "run_seconds": sum(m.get("train_seconds", 0.0) for m in [*results, *tuning])
+        + sum(s.get("seconds", 0.0) for s in sources or []),
+        "complete": complete,
         "cells_done": len(results),
         "cells_total": cells_total,
+        "sources": sources or [],
     }
+    extra = tuned_summary(results, tuning, sources or [], cfg) if cfg.tuned else None
+    if extra is not None:
+        summary.update(tuning=tuning, tuning_done=len(tuning), tuning_total=tuning_total, **extra)
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     with open(out / "results.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["regime"])
         writer.writeheader()
         for row in rows:
             writer.writerow({**row, "layers": " ".join("/".join(map(str, t)) for t in row["layers"])})
-    (out / "results.md").write_text(results_markdown(results, rows, cfg, wall_seconds, cells_total))
+    if extra is None:
+        (out / "results.md").write_text(results_markdown(results, rows, cfg, wall_seconds, cells_total))
+        return
+    write_tuned_csv(out, results, tuning, extra)
+    counts = (results or tuning or [{}])[0].get("counts", {})
+    lines = [
+        *_partial_line(len(results), cells_total, len(tuning), tuning_total),
+        *tuned_markdown(rows, extra, cfg, counts, partial=not complete),
+        _data_line(results, cfg, wall_seconds),
+    ]
+    (out / "results.md").write_text("\n".join(lines) + "\n")

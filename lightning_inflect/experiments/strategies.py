@@ -14,7 +14,7 @@ Example:
     >>> get_strategy("inflection-lora").display_name
     'inflection-layer LoRA (SKI)'
     >>> [s.name for s in STRATEGIES.values() if s.selective]
-    ['inflection-lora', 'cka-lora', 'grad-lora', 'random-lora']
+    ['inflection-lora', 'inflection-band-lora', 'cka-lora', 'grad-lora', 'random-lora']
     >>> get_strategy("magic")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from lightning_inflect.experiments.config import ExperimentConfig
 
-__all__ = ["STRATEGIES", "Strategy", "get_strategy", "register_strategy", "strategy_names"]
+__all__ = ["SKI_BAND", "STRATEGIES", "Strategy", "get_strategy", "register_strategy", "strategy_names"]
 
 SelectorFactory = Callable[["ExperimentConfig", int], Any]
 """``(cfg, seed) -> Selector``: the selector of a selective strategy, built for one run."""
@@ -164,10 +164,23 @@ def _every_block(cfg: ExperimentConfig, num_blocks: int) -> tuple[list[int], str
     return list(range(num_blocks)), f"uniform: all {num_blocks} blocks"
 
 
+SKI_BAND = 1
+"""Neighbours on each side of every local maximum of the SKI score taken by ``inflection-band-lora``."""
+
+
 def _ski(cfg: ExperimentConfig, seed: int) -> Any:
+    """SKI as this study ran it first: the ``cfg.k`` best-scoring blocks (the same count as the other selectors)."""
     from lightning_inflect.selection import SKI
 
     return SKI(top_k=cfg.k, window=cfg.diagnose_steps)
+
+
+def _ski_band(cfg: ExperimentConfig, seed: int) -> Any:
+    """SKI as the paper describes it: the local maxima of the score and ``SKI_BAND`` neighbours on each side (the
+    number of blocks follows the scores)."""
+    from lightning_inflect.selection import SKI
+
+    return SKI(band=SKI_BAND, window=cfg.diagnose_steps)
 
 
 def _cka_importance(cfg: ExperimentConfig, seed: int) -> Any:
@@ -193,6 +206,7 @@ for _strategy in (
     Strategy("shallow", "shallow (last k blocks)", blocks=_last_k),
     Strategy("uniform-lora", "uniform LoRA (all blocks)", lora=True, blocks=_every_block),
     Strategy("inflection-lora", "inflection-layer LoRA (SKI)", lora=True, selector=_ski),
+    Strategy("inflection-band-lora", "inflection-layer LoRA (SKI, local maxima +-1)", lora=True, selector=_ski_band),
     Strategy("cka-lora", "CKA-importance LoRA", lora=True, selector=_cka_importance),
     Strategy("grad-lora", "gradient-probe LoRA", lora=True, selector=_gradient_probe),
     Strategy("random-lora", "random-k LoRA", lora=True, selector=_random_k),

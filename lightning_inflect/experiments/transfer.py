@@ -2,25 +2,30 @@
 
 The run folder gets ``config.json`` (the settings; paths relative to the folder), TensorBoard logs (``tb/``, and
 ``diagnose/tb/`` for a selective strategy), what the run trained (``inflect_adapters/`` or ``model/``) and, written
-last, ``metrics.json``: the strategy, the blocks (``layers``), why (``reason``), the selector's ``scores``, the step
-of the injection (``injected_at_step``) and of the diagnosis (``diagnosis_step``), parameter counts, time, the two
-test accuracies and the data sizes. The source model's path in it is relative to the run folder.
+last, ``metrics.json``: the strategy, its ``role`` (``"eval"``, or ``"tune"`` for a run that only measures a
+learning rate on validation), the learning rate (``lr``), the blocks (``layers``), why (``reason``), the selector's
+``scores``, the step of the injection (``injected_at_step``) and of the diagnosis (``diagnosis_step``), parameter
+counts, time, the two validation accuracies, the two test accuracies (None in a tuning run: the test set is not
+looked at) and the data sizes. The source model's path in it is relative to the run folder.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from lightning_inflect.experiments.config import ExperimentConfig, config_json, portable_path
+from lightning_inflect.experiments.config import ExperimentConfig, config_json, portable_path, write_json
 from lightning_inflect.experiments.diagnosis import Diagnosis, diagnose
-from lightning_inflect.experiments.models import accuracies_on_test, load_model, make_trainer
+from lightning_inflect.experiments.models import accuracies_on_test, accuracies_on_validation, load_model, make_trainer
 from lightning_inflect.experiments.strategies import Strategy, get_strategy
 from lightning_inflect.experiments.study_data import StudyData, load_study_data
 
-__all__ = ["plan_blocks", "run_transfer"]
+__all__ = ["Role", "plan_blocks", "run_transfer"]
+
+Role = Literal["eval", "tune"]
 
 
 def plan_blocks(
@@ -100,6 +105,9 @@ def run_transfer(
     run_dir: Path,
     data: StudyData | None = None,
     progress: bool = False,
+    *,
+    lr: float | None = None,
+    role: Role = "eval",
 ) -> dict[str, Any]:
     """Fine-tune the source model on Rotten Tomatoes with one strategy and seed; write and return ``metrics.json``.
 
@@ -111,9 +119,13 @@ def run_transfer(
         run_dir: the run folder.
         data: the study's data (loaded from ``cfg`` when None).
         progress: show Lightning's progress bar over the training steps.
+        lr: the AdamW learning rate (default ``cfg.lr``).
+        role: ``"eval"`` measures the test set too and saves what ``cfg`` asks; ``"tune"`` measures the validation
+            split only, with no monitors and nothing saved (the run only rates a learning rate).
 
     Raises:
-        ValueError: If ``strategy`` is not registered; the message lists the registered ones.
+        ValueError: If ``strategy`` is not registered (the message lists the registered ones), or ``lr`` or
+            ``role`` is not allowed.
     """
     import lightning.pytorch as pl
 
@@ -122,11 +134,18 @@ def run_transfer(
     from lightning_inflect.experiments.module import SequenceClassificationModule
 
     spec = get_strategy(strategy)
+    lr = cfg.lr if lr is None else lr
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+        raise ValueError(f"Expected argument `lr` to be a positive float (or None for `cfg.lr`) but got {lr!r}.")
+    if role not in ("eval", "tune"):
+        raise ValueError(f"Expected argument `role` to be one of ['eval', 'tune'] but got {role!r}.")
+    if role == "tune":
+        cfg = replace(cfg, monitor_every=0, save_weights=False)
     source_dir, run_dir = Path(source_dir), Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     source = portable_path(source_dir, run_dir)
     (run_dir / "config.json").write_text(
-        json.dumps(config_json(cfg, run_dir, strategy=spec.name, seed=seed, source=source), indent=2)
+        json.dumps(config_json(cfg, run_dir, strategy=spec.name, seed=seed, source=source, lr=lr, role=role), indent=2)
     )
     data = data or load_study_data(cfg)
     start = time.perf_counter()
@@ -138,7 +157,7 @@ def run_transfer(
     loader = make_dataloader(data.target_train, tokenizer, cfg.batch_size, cfg.max_length, shuffle=True, seed=seed)
     steps = cfg.target_epochs * len(loader)
     module = SequenceClassificationModule(
-        model, lr=cfg.lr, num_training_steps=steps, warmup_steps=int(cfg.warmup_ratio * steps)
+        model, lr=lr, num_training_steps=steps, warmup_steps=int(cfg.warmup_ratio * steps)
     )
     make_trainer(cfg, run_dir, steps, callbacks, tensorboard=bool(cfg.monitor_every), progress=progress).fit(
         module, loader
@@ -148,6 +167,8 @@ def run_transfer(
     metrics = {
         "strategy": spec.name,
         "seed": seed,
+        "role": role,
+        "lr": lr,
         "source": source,
         "layers": layers,
         "reason": reason,
@@ -159,8 +180,13 @@ def run_transfer(
         "steps": steps,
         "train_seconds": train_seconds,
         "weights": _save_weights(spec, model, tokenizer, run_dir) if cfg.save_weights else None,
-        **accuracies_on_test(model, tokenizer, data, cfg),
+        **accuracies_on_validation(model, tokenizer, data, cfg),
+        **(
+            accuracies_on_test(model, tokenizer, data, cfg)
+            if role == "eval"
+            else {"test_acc": None, "test_acc_dedup": None}
+        ),
         "counts": data.counts,
     }
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_json(run_dir / "metrics.json", metrics)
     return metrics
