@@ -189,3 +189,31 @@ def test_evaluation_in_length_order_equals_one_sentence_at_a_time():
         ]
     assert predictions_correct(model, tokenizer, pairs, cfg) == naive
     assert 0 < sum(naive) < len(naive)  # both outcomes occur: the order of the answers is checked
+
+
+def test_grid_processes_sharing_a_folder_never_train_a_run_twice(tmp_path):
+    """A run locked by another process is put off and then read; a run whose holder died is trained here."""
+    trained = []
+
+    def job(seed):
+        run_dir = grid.cell_dir(tmp_path, "under", "full", seed)
+
+        def fit():
+            trained.append(seed)
+            return {"seed": seed}
+
+        return (f"seed {seed}", run_dir, "under", fit)
+
+    bar = grid._Progress(3, enabled=False)
+    first, second, third = job(0), job(1), job(2)
+    with grid._locked(first[1], wait=True):  # another process trains seed 0 ...
+        assert grid._run_one(first, bar, wait=False) is False
+        grid._run_all([second], bar)
+        first[1].mkdir(parents=True)
+        (first[1] / "metrics.json").write_text(json.dumps({"seed": 0, "by": "the other process"}))
+    grid._run_all([first], bar)  # ... and finished it: read back, not trained again
+    assert trained == [1]
+    with grid._locked(third[1], wait=True):
+        pass  # another process took seed 2 and died without metrics.json: its lock went with it
+    grid._run_all([third], bar)
+    assert trained == [1, 2] and bar.i == 3

@@ -342,6 +342,6 @@ def write_json(path: str | Path, data: Any) -> None:
         ({'test_acc': 0.5}, ['metrics.json'])
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # one per process: grid processes may share a folder
     tmp.write_text(json.dumps(data, indent=2))
     os.replace(tmp, path)

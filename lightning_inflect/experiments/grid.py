@@ -7,6 +7,8 @@ per tuning run (one per rate, on ``tuning_seed``; validation only) and ``runs.cs
 
 A run is finished when its folder holds ``metrics.json`` (written last, atomically); a re-run skips finished runs
 and starts unfinished ones again from a clean folder, so a grid killed at any point resumes where it stopped.
+Several grid processes can share a folder (one per seed, say): each run and source model is locked while it trains
+(``flock``, released by the operating system if a process dies), and the others take other runs meanwhile.
 """
 
 from __future__ import annotations
@@ -15,11 +17,18 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+try:
+    import fcntl
+except ImportError:  # Windows: no lock between grid processes
+    fcntl = None  # type: ignore[assignment]
+
 from lightning_inflect.experiments import source, transfer
-from lightning_inflect.experiments.config import PROTOCOL_FIELDS, ExperimentConfig, config_json
+from lightning_inflect.experiments.config import PROTOCOL_FIELDS, ExperimentConfig, config_json, write_json
 from lightning_inflect.experiments.protocol import lr_choice
 from lightning_inflect.experiments.results import write_results
 from lightning_inflect.experiments.study_data import StudyData, load_study_data
@@ -169,51 +178,84 @@ def run_grid(
     check_same_protocol(cfg, out)
     if collect_only:
         return _collect_only(cfg, out)
-    (out / "grid_config.json").write_text(json.dumps(config_json(cfg, out), indent=2))
+    write_json(out / "grid_config.json", config_json(cfg, out))
     data = load_study_data(cfg)
     start = time.perf_counter()
     bar = _Progress(len(_tuning(cfg)) + len(_cells(cfg)), progress)
-    tables = lambda: _write(cfg, out, time.perf_counter() - start)  # noqa: E731
+
+    def train(regime: str, strategy: str, seed: int, run_dir: Path, lr: float | None, role: transfer.Role) -> Any:
+        def fit() -> dict[str, Any]:
+            model = _source(cfg, regime, out, data, progress)
+            rate = lr if role == "tune" else _chosen_lr(cfg, out, regime, strategy)
+            metrics = transfer.run_transfer(cfg, strategy, seed, model, _fresh(run_dir), data, lr=rate, role=role)
+            _write(cfg, out, time.perf_counter() - start)  # after every new run: a killed grid leaves its tables
+            return {**metrics, "regime": regime}
+
+        return fit
+
     try:
         if cfg.tuned:
             for regime in cfg.regimes:  # both first: the tuning runs of every regime follow
-                source.train_source(cfg, regime, out, data, progress=progress)
-            for regime, strategy, lr in _tuning(cfg):
-                run_dir = tune_dir(out, regime, strategy, lr, cfg.tuning_seed)
-                done = _finished(run_dir, regime)
-                if done is None:
-                    done = _train(cfg, out, data, regime, strategy, cfg.tuning_seed, run_dir, lr, "tune", progress)
-                    tables()  # after every new run: an interrupted grid still leaves its tables
-                bar.done(f"{regime} {strategy} lr {lr:g} (tuning)", done)
-        for regime, strategy, seed in _cells(cfg):
-            done = finished_cell(out, regime, strategy, seed)
-            if done is None:
-                chosen = _chosen_lr(cfg, out, regime, strategy)
-                done = _train(cfg, out, data, regime, strategy, seed, cell_dir(out, regime, strategy, seed), chosen,
-                              "eval", progress)  # fmt: skip
-                tables()
-            bar.done(f"{regime} {strategy} seed {seed}", done)
-        tables()
+                _source(cfg, regime, out, data, progress)
+            tuning = [
+                (r, s, cfg.tuning_seed, tune_dir(out, r, s, lr, cfg.tuning_seed), lr) for r, s, lr in _tuning(cfg)
+            ]
+            _run_all([(f"{r} {s} lr {lr:g} (tuning)", d, r, train(r, s, seed, d, lr, "tune"))
+                      for r, s, seed, d, lr in tuning], bar)  # fmt: skip
+        cells = [(r, s, seed, cell_dir(out, r, s, seed)) for r, s, seed in _cells(cfg)]
+        _run_all([(f"{r} {s} seed {seed}", d, r, train(r, s, seed, d, None, "eval")) for r, s, seed, d in cells], bar)
+        _write(cfg, out, time.perf_counter() - start)
     finally:
         bar.close()
     return collect(cfg, out)["runs"]
 
 
-def _train(
-    cfg: ExperimentConfig,
-    out: Path,
-    data: StudyData,
-    regime: str,
-    strategy: str,
-    seed: int,
-    run_dir: Path,
-    lr: float | None,
-    role: transfer.Role,
-    progress: bool,
-) -> dict[str, Any]:
-    source_model = source.train_source(cfg, regime, out, data, progress=progress)  # a bar: OVER is long
-    metrics = transfer.run_transfer(cfg, strategy, seed, source_model, _fresh(run_dir), data, lr=lr, role=role)
-    return {**metrics, "regime": regime}
+Job = tuple[str, Path, str, Callable[[], dict[str, Any]]]  # label, run folder, regime, training
+
+
+def _run_all(jobs: list[Job], bar: _Progress) -> None:
+    """Each job's run once, whichever process gets to it: runs another live process holds are put off, then waited
+    for (and trained here if that process died before finishing them)."""
+    put_off = [job for job in jobs if not _run_one(job, bar, wait=False)]
+    for job in put_off:
+        _run_one(job, bar, wait=True)
+
+
+def _run_one(job: Job, bar: _Progress, wait: bool) -> bool:
+    label, run_dir, regime, fit = job
+    with _locked(run_dir, wait) as mine:
+        if not mine:
+            return False
+        done = _finished(run_dir, regime)
+        bar.done(label, done if done is not None else fit())
+    return True
+
+
+@contextmanager
+def _locked(run_dir: Path, wait: bool) -> Iterator[bool]:
+    """Hold the run's lock (``.NAME.lock`` beside its folder) while it trains, so that grid processes sharing a
+    folder never train one run twice; yields False when another process holds it and ``wait`` is False. The lock is
+    the operating system's (``flock``): a killed process leaves none behind. Without ``fcntl`` (Windows): no lock."""
+    if fcntl is None:
+        yield True
+        return
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(run_dir.parent / f".{run_dir.name}.lock", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _source(cfg: ExperimentConfig, regime: str, out: Path, data: StudyData, progress: bool) -> Path:
+    """The regime's source model, trained once even when several grid processes share the folder."""
+    with _locked(source.source_dir(out, regime), wait=True):
+        return source.train_source(cfg, regime, out, data, progress=progress)  # a bar: OVER is long
 
 
 def _chosen_lr(cfg: ExperimentConfig, out: Path, regime: str, strategy: str) -> float | None:

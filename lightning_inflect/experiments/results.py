@@ -8,14 +8,13 @@ models' SST-2 dev accuracy, the blocks chosen per seed, the paired differences a
 from __future__ import annotations
 
 import csv
-import json
 import math
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lightning_inflect.experiments.config import ExperimentConfig
+from lightning_inflect.experiments.config import ExperimentConfig, write_json
 
 __all__ = ["mean_std", "results_markdown", "summary_rows", "write_results"]
 
@@ -176,7 +175,7 @@ def write_results(
     extra = tuned_summary(results, tuning, sources or [], cfg) if cfg.tuned else None
     if extra is not None:
         summary.update(tuning=tuning, tuning_done=len(tuning), tuning_total=tuning_total, **extra)
-    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    write_json(out / "results.json", summary)
     with open(out / "results.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["regime"])
         writer.writeheader()
