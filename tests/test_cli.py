@@ -45,10 +45,11 @@ def test_study_data_counts_and_overlap():
     _need_data()
     cfg = replace(PRESETS["cpu-small"], data_dir=str(DATA), source_train_size=100, target_train_size=None)
     raw = load_study_data(cfg)
-    assert raw.counts["target_test"] == 1066 and raw.counts["target_test_overlap"] == 761  # DESIGN.md section 5
+    assert raw.counts["target_test"] == 1066 and raw.counts["target_test_overlap"] == 761  # 71% occur in SST-2 train
     assert raw.counts["target_train"] == 8530
+    assert (raw.counts["target_val"], raw.counts["target_val_dedup"]) == (1066, 280)  # rates are chosen on the 280
     dedup = load_study_data(replace(cfg, dedup_target=True))
-    assert dedup.counts["target_train_removed_as_overlap"] == 4090  # shared/data/README.md
+    assert dedup.counts["target_train_removed_as_overlap"] == 4090  # 48% of RT train occurs in SST-2 train
     assert dedup.counts["target_train"] == 8530 - 4090
 
 
