@@ -4,7 +4,8 @@ The study, its ``lightning-inflect`` command and its HTML report come with an ex
 "lightning-inflect[study]"`` (jsonargparse, matplotlib). Reading the data, the MiniLM and the training module need
 only the core install. Modules: ``data`` / ``loaders`` / ``minilm`` / ``module`` (the pieces), ``strategies`` (the
 registry), ``config`` (settings and presets), ``study_data``, ``models``, ``source``, ``diagnosis``, ``transfer``,
-``grid`` and ``results`` (the harness), ``demo``, ``report``, ``quiet`` (quiet output of the commands).
+``grid`` and ``results`` (the harness), ``stats``, ``protocol`` and ``results_tuned`` (the tuned protocol's rate
+choice, paired differences and verdicts), ``demo``, ``report``, ``quiet`` (quiet output of the commands).
 
 :class:`SequenceClassificationModule` is imported on first access, so that reading data does not import Lightning.
 """

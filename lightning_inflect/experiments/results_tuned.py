@@ -104,17 +104,24 @@ def _sources_md(extra: Record) -> list[str]:
 
 
 def _choices_md(extra: Record, cfg: ExperimentConfig, counts: Record) -> list[str]:
+    n = counts.get("target_val_dedup" if cfg.select_on == "val_acc_dedup" else "target_val")
     which = (
-        f"the {counts.get('target_val_dedup', '?')} validation sentences absent from SST-2 train"
+        f"the {n} validation sentences absent from SST-2 train"
         if cfg.select_on == "val_acc_dedup"
-        else f"all {counts.get('target_val', '?')} validation sentences"
+        else f"all {n} validation sentences"
+    )
+    noise = (
+        f" On {n} sentences one standard error of an accuracy near 70% is {100 * math.sqrt(0.21 / n):.1f} points:"
+        " between rates whose accuracies are closer than that, the choice is partly chance."
+        if isinstance(n, int) and n > 0
+        else ""
     )
     lines = [
         "### Learning rates chosen on validation",
         "",
         f"Each strategy trained once per rate on seed {cfg.tuning_seed} (not an evaluation seed); the rate with the"
         f" best Rotten Tomatoes validation accuracy on {which} was kept (ties to the lower rate). The test set is not"
-        " evaluated in these runs.",
+        f" evaluated in these runs.{noise}",
         "",
         "| regime | strategy | validation acc per rate, % (no overlap / all) | chosen rate |",
         "| --- | --- | --- | ---: |",
