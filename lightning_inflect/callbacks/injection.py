@@ -20,8 +20,15 @@ from lightning_inflect.architectures import (
     find_layers,
 )
 from lightning_inflect.callbacks.base import _InflectMonitor
+from lightning_inflect.callbacks.injection_sharded import (
+    attach_dormant,
+    check_sharded,
+    gather_adapters,
+    record_in_checkpoint,
+    reshard,
+    sharded,
+)
 from lightning_inflect.callbacks.injection_state import (
-    corrupt_state,
     read_record,
     read_state,
     report_injection,
@@ -33,8 +40,6 @@ from lightning_inflect.injection import (
     InjectionRecord,
     InjectionSchedule,
     activate_lora,
-    adapter_state,
-    attach_dormant_lora,
     check_module_names,
     count_trainable,
     default_targets,
@@ -123,22 +128,6 @@ _EXPORT_HINT = (
 )
 
 
-def _sharded(trainer: pl.Trainer) -> bool:
-    """Whether the fit shards parameters with FSDP2 (Lightning's ``ModelParallelStrategy``)."""
-    return isinstance(trainer.strategy, ModelParallelStrategy)
-
-
-def _reshard(module: torch.nn.Module) -> None:
-    """FSDP2: every sharded module back in its sharded state, so that ``parameters()`` are the sharded parameters
-    the optimizer holds. A forward outside a training step (a probe) leaves the root module's parameters gathered
-    until the next backward, and flags set on those would not reach the sharded ones."""
-    from torch.distributed.fsdp import FSDPModule
-
-    for m in module.modules():
-        if isinstance(m, FSDPModule):
-            m.reshard()
-
-
 def _check_fit(
     trainer: pl.Trainer, pl_module: pl.LightningModule, trigger: GradientSuppressionTrigger | None, merged: bool
 ) -> None:
@@ -155,20 +144,8 @@ def _check_fit(
             "strategy, DDP (`strategy='ddp'`) and FSDP2 (`ModelParallelStrategy(tensor_parallel_size=1)` with "
             "`fully_shard` in `configure_model`). DeepSpeed and FSDPStrategy (FSDP1) are not: use FSDP2 for sharding."
         )
-    if _sharded(trainer):
-        tensor_parallel = getattr(strategy, "_tensor_parallel_size", 1)
-        if tensor_parallel != 1:
-            raise NotImplementedError(
-                f"InjectionCallback supports ModelParallelStrategy with data parallelism only, but got "
-                f"tensor_parallel_size={tensor_parallel!r}: use `ModelParallelStrategy(data_parallel_size=N, "
-                "tensor_parallel_size=1)`."
-            )
-        if merged:
-            raise ValueError(
-                "InjectionCallback cannot write `export_merged=True` under FSDP2 (the merge needs the whole model on "
-                "one process): pass `export_merged=False` and merge the saved adapters afterwards with peft, "
-                "`PeftModel.from_pretrained(base_model, path).merge_and_unload()`."
-            )
+    if sharded(trainer):
+        check_sharded(strategy, merged)
     if trigger is not None and not any(
         isinstance(cb, _InflectMonitor) and "act_grad_norm" in cb.history for cb in _callbacks(trainer)
     ):
@@ -178,20 +155,11 @@ def _check_fit(
         )
 
 
-def _record_in_checkpoint(path: str | Path | None, owner: str, trainer: pl.Trainer) -> Any:
-    """The record callback ``owner`` saved in the checkpoint at ``path`` (a file, or the folder of a distributed
-    checkpoint, whose non-tensor state Lightning keeps in one metadata file), read before Lightning reads it."""
-    from lightning.fabric.utilities.load import _METADATA_FILENAME  # Lightning's name of that file
-
-    if path is None:
-        return None
-    path = Path(path)
-    meta = path / _METADATA_FILENAME if path.is_dir() else path
-    checkpoint = torch.load(meta, map_location="cpu", mmap=not path.is_dir(), weights_only=True)
-    state = (checkpoint.get("callbacks") or {}).get(owner)
-    if state is not None and not isinstance(state, Mapping):
-        raise corrupt_state(owner, trainer, "state", f"expected a dict but got {type(state).__name__}")
-    return (state or {}).get("record")
+def _before_weights_load_hooks(pl_module: pl.LightningModule, hook: Callable[..., None]) -> tuple[Any, ...]:
+    """``hook`` as a pre-hook of ``pl_module``'s ``load_state_dict``, and of its first module that owns parameters:
+    FSDP2's full-checkpoint load fills each such module on its own, never through the LightningModule."""
+    owners = [m for m in pl_module.modules() if next(m.parameters(recurse=False), None) is not None]
+    return tuple(m.register_load_state_dict_pre_hook(hook) for m in [pl_module, *owners[:1]])
 
 
 def _default_export_dir(trainer: pl.Trainer) -> str:
@@ -433,47 +401,27 @@ class InjectionCallback(Callback):
         _check_against_model(model, info, self.layers_arg, selectors, self.target_modules, self.keep_trainable)
         if self.export and self.export_dir is not None:
             check_writable_dir("export_dir", self.export_dir, _EXPORT_HINT)
-        if _sharded(trainer):
-            self._attach_dormant(trainer, pl_module, model, info)
+        if sharded(trainer) and self.record is None and self.adapter_name not in existing_adapters(model):
+            blocks = (
+                list(range(info.num_layers)) if self.auto else check_layer_indices(self.layers_arg, info.num_layers)
+            )
+            candidates = plan_injection(
+                model, info, blocks, self.lora, self.target_modules or [], self.keep_trainable,
+                freeze_backbone=self.freeze_backbone, adapter_name=self.adapter_name,
+            )  # fmt: skip
+            attach_dormant(trainer, model, candidates)  # FSDP2 takes the blocks' parameters in configure_model
         if self.record is None:
             # Lightning restores the weights before the callbacks' state and names the checkpoint only after
             # `setup`: re-apply a saved injection just before the LightningModule's weights are loaded.
-            # FSDP2's full-checkpoint load fills each module that owns parameters on its own: hook the first too.
             self._checkpoint_read = False
-            owners = [m for m in pl_module.modules() if next(m.parameters(recurse=False), None) is not None]
-            self._load_hooks = tuple(
-                m.register_load_state_dict_pre_hook(self._before_weights_load) for m in [pl_module, *owners[:1]]
-            )
-
-    def _attach_dormant(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, model: torch.nn.Module, info: LayerInfo
-    ) -> None:
-        """FSDP2: attach our adapter, dormant (inactive, frozen, ``B`` zero), to every candidate block before
-        ``configure_model`` shards the blocks; the injection then only wakes the chosen blocks' part."""
-        if self.record is not None or self.adapter_name in existing_adapters(model):
-            return  # a second fit of the same model: the adapters are there
-        if any(hasattr(p, "placements") for p in model.parameters()):
-            raise RuntimeError(
-                "InjectionCallback under FSDP2 attaches its adapters before the model is sharded, but the model's "
-                "parameters are DTensors already: call `fully_shard` in the LightningModule's `configure_model`, "
-                "not in `__init__`."
-            )
-        blocks = list(range(info.num_layers)) if self.auto else check_layer_indices(self.layers_arg, info.num_layers)
-        candidates = plan_injection(
-            model, info, blocks, self.lora, self.target_modules or [], self.keep_trainable,
-            freeze_backbone=self.freeze_backbone, adapter_name=self.adapter_name,
-        )  # fmt: skip
-        seed = trainer.strategy.broadcast(int(torch.randint(2**31 - 1, ()).item()), src=0)
-        with torch.random.fork_rng(devices=[]):  # the same LoRA A on every rank; the user's RNG stream untouched
-            torch.manual_seed(seed)
-            attach_dormant_lora(model, candidates)
+            self._load_hooks = _before_weights_load_hooks(pl_module, self._before_weights_load)
 
     def _before_weights_load(self, module: torch.nn.Module, state_dict: dict, *args: Any) -> None:
         ours = f".{self.adapter_name}."
         if self.record is not None or self._restored is not None:
             return
         fit = self._inputs()
-        if _sharded(fit.trainer):  # every checkpoint has the dormant adapters; and the load runs after on_fit_start
+        if sharded(fit.trainer):  # every checkpoint has the dormant adapters; and the load runs after on_fit_start
             if not self._checkpoint_read:
                 self._checkpoint_read = True
                 self._wake_saved(fit)
@@ -500,16 +448,16 @@ class InjectionCallback(Callback):
         """FSDP2 resume: the strategy loads weights, then the optimizer state, then the callbacks' state, all after
         ``on_fit_start``. Read our record from the checkpoint now and set up the adapters and optimizer groups it
         was saved with, before the optimizer state arrives."""
-        data = _record_in_checkpoint(fit.trainer.ckpt_path, self.state_key, fit.trainer)
+        data = record_in_checkpoint(fit.trainer.ckpt_path, self.state_key, fit.trainer)
         if not data:
             return  # saved before the injection: the adapters stay dormant
         record = read_record(data, fit.info.num_layers, self.state_key, fit.trainer)
         self._restored = record
-        _reshard(fit.trainer.lightning_module)
+        reshard(fit.trainer.lightning_module)
         _retarget_optimizers(fit.trainer, fit.trainer.lightning_module, activate_lora(fit.model, record))
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not _sharded(trainer):  # FSDP2 loads the checkpoint after this hook
+        if not sharded(trainer):  # FSDP2 loads the checkpoint after this hook
             self._remove_load_hooks()
         if self._restored is not None:
             # Lightning loads the optimizer state after this hook: give it the groups it was saved with.
@@ -581,10 +529,7 @@ class InjectionCallback(Callback):
         if self.record is None or not self.export:
             return
         model = self._inputs().model
-        tensors = None
-        if _sharded(trainer):  # every rank gathers the sharded tensors
-            _reshard(pl_module)
-            tensors = adapter_state(model, self.record)
+        tensors = gather_adapters(pl_module, model, self.record) if sharded(trainer) else None
         if trainer.is_global_zero:
             folder = Path(self.export_dir or _default_export_dir(trainer)) / "inflect_adapters"
             self.export_path = export_adapters(model, self.record, folder, merged=self.export_merged, tensors=tensors)
@@ -618,8 +563,8 @@ class InjectionCallback(Callback):
             freeze_backbone=self.freeze_backbone, step=step, reason=self._trigger_reason + selection.reason,
             scores=None if selection.scores is None else list(selection.scores), adapter_name=self.adapter_name,
         )  # fmt: skip
-        if _sharded(trainer):
-            _reshard(pl_module)
+        if sharded(trainer):
+            reshard(pl_module)
             lora = activate_lora(fit.model, record)
         else:
             lora = inject_lora(fit.model, record)
