@@ -48,9 +48,9 @@ class At(Callback):
             self.user = _user_state(pl_module)
 
 
-def test_users_adapter_is_kept_bit_identical_and_logits_unchanged(trainer_factory):
+def test_users_adapter_frozen_on_request_is_kept_bit_identical_and_logits_unchanged(trainer_factory):
     before, after = At(1), At(1)
-    inj = InjectionCallback(layers=[1], at_step=1, r=8)
+    inj = InjectionCallback(layers=[1], at_step=1, r=8, train_user_adapters=False)
     module = ClsModule(_user_model())
     trainer = trainer_factory([before, inj, after], max_steps=4)
     trainer.fit(module, loader(48))

@@ -1,10 +1,12 @@
 """peft glue and optimizer surgery for injecting LoRA partway through training (no Lightning imports)."""
 
 from lightning_inflect.injection.diagnostics import PROBE_METRICS, StepGradients, probe_diagnostics
+from lightning_inflect.injection.lifecycle import InjectionLifecycle, Phase
 from lightning_inflect.injection.lora import (
     ADAPTER_NAME,
     InjectionRecord,
     activate_lora,
+    active_adapters,
     adapter_state,
     attach_dormant_lora,
     check_module_names,
@@ -19,6 +21,8 @@ from lightning_inflect.injection.lora import (
     plan_injection,
     resolve_targets,
     targeted_config,
+    user_adapter_parameters,
+    wrapped_modules,
 )
 from lightning_inflect.injection.optim import (
     add_parameter_group,
@@ -31,10 +35,13 @@ from lightning_inflect.injection.schedule import InjectionSchedule
 __all__ = [
     "ADAPTER_NAME",
     "PROBE_METRICS",
+    "InjectionLifecycle",
     "InjectionRecord",
     "InjectionSchedule",
+    "Phase",
     "StepGradients",
     "activate_lora",
+    "active_adapters",
     "adapter_state",
     "add_parameter_group",
     "attach_dormant_lora",
@@ -54,4 +61,6 @@ __all__ = [
     "resolve_targets",
     "retarget_optimizer",
     "targeted_config",
+    "user_adapter_parameters",
+    "wrapped_modules",
 ]

@@ -26,6 +26,7 @@ __all__ = [
     "ADAPTER_NAME",
     "InjectionRecord",
     "activate_lora",
+    "active_adapters",
     "adapter_state",
     "attach_dormant_lora",
     "check_module_names",
@@ -39,6 +40,8 @@ __all__ = [
     "plan_injection",
     "resolve_targets",
     "targeted_config",
+    "user_adapter_parameters",
+    "wrapped_modules",
 ]
 
 
@@ -59,6 +62,9 @@ class InjectionRecord:
         reason: why these layers (from the selector).
         scores: the selector's per-block scores, if it has them.
         adapter_name: the peft adapter name of these adapters.
+        train_user_adapters: whether the adapters the model already carried (a user's own LoRA, their
+            ``modules_to_save`` copies) go on training where they trained (records of version 0.3 and earlier,
+            which froze them, read as False).
     """
 
     layers: list[int]
@@ -72,6 +78,7 @@ class InjectionRecord:
     reason: str = ""
     scores: list[float] | None = field(default=None)
     adapter_name: str = ADAPTER_NAME
+    train_user_adapters: bool = True
 
     @property
     def r(self) -> int:
@@ -112,7 +119,7 @@ class InjectionRecord:
     def from_dict(cls, data: dict) -> InjectionRecord:
         """A record from :meth:`to_dict`, also from the checkpoints of versions 0.1 and 0.2 (flat LoRA fields,
         explicit module names; 0.1 used peft's ``"default"`` adapter name)."""
-        data = {"adapter_name": "default", **data}
+        data = {"adapter_name": "default", "train_user_adapters": False, **data}
         if "lora" not in data:
             flat = ("r", "lora_alpha", "lora_dropout")
             data["lora"] = {k: data[k] for k in flat if k in data} | {
@@ -363,22 +370,78 @@ def _lora_layers(model: nn.Module) -> dict[str, Any]:
     return {name: m for name, m in model.named_modules() if isinstance(m, LoraLayer)}
 
 
+def _adapter_layers(model: nn.Module) -> dict[str, Any]:
+    """Every module of ``model`` that switches peft adapters on and off: tuner layers (LoRA, ...) and the
+    ``modules_to_save`` / trainable-token wrappers a ``PeftModel`` puts around a task head."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils.other import AuxiliaryTrainingWrapper
+
+    return {n: m for n, m in model.named_modules() if isinstance(m, (BaseTunerLayer, AuxiliaryTrainingWrapper))}
+
+
+def active_adapters(model: nn.Module) -> dict[str, list[str]]:
+    """The active adapters of every adapter-carrying module of ``model`` (its LoRA layers and its
+    ``modules_to_save`` wrappers), by module name: what an injection must keep, plus its own adapter.
+
+    Example:
+        >>> from peft import LoraConfig, get_peft_model
+        >>> from transformers import BertConfig, BertForSequenceClassification
+        >>> bert = BertForSequenceClassification(BertConfig(hidden_size=16, num_hidden_layers=1,
+        ...                                      num_attention_heads=2, intermediate_size=16))
+        >>> peft_model = get_peft_model(bert, LoraConfig(task_type="SEQ_CLS", target_modules=["query"]))
+        >>> {k.split(".")[-1]: v for k, v in active_adapters(peft_model).items()}
+        {'query': ['default'], 'classifier': ['default']}
+    """
+    return {name: list(layer.active_adapters) for name, layer in _adapter_layers(model).items()}
+
+
+def user_adapter_parameters(model: nn.Module, adapter_name: str = ADAPTER_NAME) -> list[nn.Parameter]:
+    """The parameters of the adapters ``model`` carries besides ``adapter_name``: a user's LoRA tensors and the
+    copies of their ``modules_to_save`` (a ``PeftModel``'s trained task head); not the base weights these wrap."""
+    ours = {id(p) for p in lora_parameters(model, adapter_name)}
+    out: dict[int, nn.Parameter] = {}
+    for layer in _adapter_layers(model).values():
+        base = layer.get_base_layer() if hasattr(layer, "get_base_layer") else getattr(layer, "original_module", None)
+        skip = {id(p) for p in base.parameters()} if base is not None and base is not layer else set()
+        out.update({id(p): p for p in layer.parameters() if id(p) not in skip and id(p) not in ours})
+    return list(out.values())
+
+
+def wrapped_modules(model: nn.Module) -> set[str]:
+    """Names of the modules a ``PeftModel`` wraps as ``modules_to_save`` (or trainable tokens): the user's adapter
+    trains and saves their copy, so an injection keeps them as they are and does not export them."""
+    from peft.utils.other import AuxiliaryTrainingWrapper
+
+    return {n for n, m in model.named_modules() if isinstance(m, AuxiliaryTrainingWrapper)}
+
+
 def existing_adapters(model: nn.Module) -> set[str]:
     """Names of the LoRA adapters already in ``model`` (a user's own, for instance)."""
     return {name for layer in _lora_layers(model).values() for name in layer.lora_A}
+
+
+def _restore_active(model: nn.Module, before: dict[str, list[str]], ours: str, wrapped: set[str]) -> None:
+    """Every adapter-carrying module active as in ``before``, plus adapter ``ours`` where it is in ``wrapped``:
+    peft activates only the new adapter in every module it visits, wrappers of a user's task head included."""
+    for name, layer in _adapter_layers(model).items():
+        names = [*before.get(name, []), *([ours] if name in wrapped else [])]
+        if list(layer.active_adapters) != names:
+            layer.set_adapter(names)
 
 
 def inject_lora(model: nn.Module, record: InjectionRecord) -> list[nn.Parameter]:
     """Attach LoRA adapter ``record.adapter_name`` to ``record.target_modules`` of ``model`` (in place), set what
     trains.
 
-    Adapters the model already carries (a user's own LoRA, under any name) are left as they are: their weights,
-    ranks and active state do not change, and where a chosen module already carries LoRA, ours is added beside
-    theirs and both stay active, so the model's outputs are unchanged. With ``freeze_backbone`` everything but our
-    adapter and the ``record.keep_trainable`` modules is frozen (the user's adapters included); without it the
-    parameters keep the ``requires_grad`` they had. peft freezes whatever it is given except the adapters, so the
-    flags are set again here, and the kept modules are trained in place (no ``modules_to_save`` deep copy that the
-    optimizer would not know about).
+    Adapters the model already carries (a user's own LoRA under any name, the ``modules_to_save`` copy of a
+    ``PeftModel``'s task head) are left as they are: their weights and active state do not change, and where a
+    chosen module already carries LoRA, ours is added beside theirs and both stay active, so the model's outputs
+    are unchanged (:func:`active_adapters` after is the one before plus ours). With ``freeze_backbone``
+    everything but our adapter, the ``record.keep_trainable`` modules and (with ``record.train_user_adapters``) the
+    user's adapters' own trainable tensors is frozen; without it the parameters keep the ``requires_grad`` they
+    had. peft freezes whatever it is given except the adapters, so the flags are set again here, and the kept
+    modules are trained in place (no ``modules_to_save`` deep copy that the optimizer would not know about); a
+    kept module that the user's ``PeftModel`` wraps trains its active copy, as peft does, not the original.
 
     Returns:
         The new LoRA parameters. LoRA ``B`` matrices start at zero, so the model's outputs are unchanged.
@@ -395,7 +458,8 @@ def inject_lora(model: nn.Module, record: InjectionRecord) -> list[nn.Parameter]
             "InjectionCallback."
         )
     flags = {id(p): p.requires_grad for p in model.parameters()}
-    active = {name: list(layer.active_adapters) for name, layer in _lora_layers(model).items()}
+    active = active_adapters(model)
+    user = {id(p) for p in user_adapter_parameters(model, record.adapter_name)}
     before = {id(p) for p in model.parameters()}
     inject_adapter_in_model(record.config(), model, adapter_name=record.adapter_name)
     wrapped = sorted(name for name, layer in _lora_layers(model).items() if record.adapter_name in layer.lora_A)
@@ -404,27 +468,33 @@ def inject_lora(model: nn.Module, record: InjectionRecord) -> list[nn.Parameter]
             f"peft wrapped {wrapped} for the LoRA settings {record.lora}, where {sorted(record.target_modules)} was "
             "meant: give `layers_path=` and `target_modules=` that name the blocks and modules unambiguously."
         )
-    for name, layer in _lora_layers(model).items():  # peft activates only the new adapter: keep the others active
-        ours = [record.adapter_name] if record.adapter_name in layer.lora_A else []
-        layer.set_adapter([*active.get(name, []), *ours])
+    _restore_active(model, active, record.adapter_name, set(wrapped))
     lora = [p for p in model.parameters() if id(p) not in before]
-    _set_trainable(model, record, lora, flags)
+    _set_trainable(model, record, lora, flags, user if record.train_user_adapters else set())
     return lora
 
 
-def _set_trainable(model: nn.Module, record: InjectionRecord, lora: list[nn.Parameter], flags: dict[int, bool]) -> None:
-    """``lora`` trains; with ``record.freeze_backbone`` every other parameter but the kept modules' is frozen,
-    without it each keeps its flag from ``flags`` (by ``id``: peft renames the wrapped weights) or trains when kept.
-    Other adapters' tensors are backbone."""
+def _set_trainable(
+    model: nn.Module, record: InjectionRecord, lora: list[nn.Parameter], flags: dict[int, bool], user: set[int]
+) -> None:
+    """``lora`` trains; with ``record.freeze_backbone`` every other parameter but the kept modules' and the trainable
+    ones among the ``user`` adapters' is frozen, without it each keeps its flag from ``flags`` (by ``id``: peft
+    renames the wrapped weights) or trains when kept. A kept module wrapped by the user's ``PeftModel`` trains its
+    active copy only (its original is not in the forward)."""
     keep = tuple(f"{m}." for m in record.keep_trainable)
+    originals = tuple(f"{m}.original_module." for m in wrapped_modules(model))
+    copies = {id(p) for p in user_adapter_parameters(model, record.adapter_name)}
     ours = {id(p) for p in lora}
     for name, p in model.named_parameters():
+        kept = name.startswith(keep) and not name.startswith(originals)
+        if kept and id(p) in copies:  # the user's copy of a kept head: trains when it is the active one
+            kept = flags.get(id(p), p.requires_grad)
         if id(p) in ours:
             p.requires_grad_(True)
         elif record.freeze_backbone:
-            p.requires_grad_(name.startswith(keep))
+            p.requires_grad_(kept or (id(p) in user and flags.get(id(p), False)))
         else:
-            p.requires_grad_(flags.get(id(p), p.requires_grad) or name.startswith(keep))
+            p.requires_grad_(flags.get(id(p), p.requires_grad) or kept)
 
 
 def attach_dormant_lora(model: nn.Module, record: InjectionRecord) -> list[nn.Parameter]:
@@ -484,7 +554,8 @@ def activate_lora(model: nn.Module, record: InjectionRecord) -> list[nn.Paramete
         layer = layers[name]
         layer.set_adapter([*[a for a in layer.active_adapters if a != record.adapter_name], record.adapter_name])
         lora += [*layer.lora_A[record.adapter_name].parameters(), *layer.lora_B[record.adapter_name].parameters()]
-    _set_trainable(model, record, lora, flags)
+    user = {id(p) for p in user_adapter_parameters(model, record.adapter_name)} if record.train_user_adapters else set()
+    _set_trainable(model, record, lora, flags, user)
     return lora
 
 
@@ -496,7 +567,7 @@ def adapter_state(model: nn.Module, record: InjectionRecord) -> dict[str, Any]:
     from peft import get_peft_model_state_dict
 
     chosen = tuple(f"{m}." for m in record.target_modules)
-    keep = tuple(f"{m}." for m in record.keep_trainable)
+    keep = tuple(f"{m}." for m in _exported_keep(model, record))
     state = {k: v for k, v in get_peft_model_state_dict(model, adapter_name=record.adapter_name).items()
              if k.startswith(chosen)}  # fmt: skip
     state.update({name: p for name, p in model.state_dict().items() if name.startswith(keep)})
@@ -505,6 +576,12 @@ def adapter_state(model: nn.Module, record: InjectionRecord) -> dict[str, Any]:
         full = getattr(p, "full_tensor", None)
         out[f"base_model.model.{key}"] = (full() if full is not None else p).detach().cpu().contiguous()
     return out
+
+
+def _exported_keep(model: nn.Module, record: InjectionRecord) -> list[str]:
+    """The kept modules the export holds: not those the user's ``PeftModel`` wraps (their adapter saves them)."""
+    wrapped = wrapped_modules(model)
+    return [m for m in record.keep_trainable if m not in wrapped]
 
 
 def export_adapters(
@@ -534,7 +611,8 @@ def export_adapters(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     name_or_path = getattr(getattr(model, "config", None), "_name_or_path", None) or None
-    config = record.config(modules_to_save=list(record.keep_trainable) or None, base_model_name_or_path=name_or_path)
+    keep = _exported_keep(model, record)
+    config = record.config(modules_to_save=keep or None, base_model_name_or_path=name_or_path)
     config.save_pretrained(str(directory))
     tensors = adapter_state(model, record) if tensors is None else tensors
     save_file(tensors, str(directory / "adapter_model.safetensors"), metadata={"format": "pt"})
