@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "CheckpointStateError",
     "check_bool",
     "check_callable",
     "check_choice",
@@ -25,6 +26,7 @@ __all__ = [
     "check_str",
     "check_str_list",
     "check_writable_dir",
+    "checkpoint_state_error",
 ]
 
 
@@ -168,3 +170,32 @@ def check_writable_dir(name: str, path: str | Path, hint: str = "") -> None:
         raise ValueError(
             f"Expected argument `{name}` to be writable but {str(existing)!r} is not." + (f" {hint}" if hint else "")
         )
+
+
+class CheckpointStateError(ValueError):
+    """A callback's state in a checkpoint that cannot be read back: of the wrong type, with missing or unknown
+    entries, or with tensors of the wrong shape. Raised when a resume reads the state, before it changes anything."""
+
+
+def checkpoint_state_error(checkpoint: Any, owner: str, what: str, expected: str, got: Any) -> CheckpointStateError:
+    """The :class:`CheckpointStateError` for entry ``what`` of callback ``owner``'s state (its class and
+    ``state_key``) in ``checkpoint`` (a path, or None when not known), which should be ``expected``.
+
+    Example:
+        >>> checkpoint_state_error("last.ckpt", "CKADriftMonitor (state key 'X')", "history", "a dict", "oops")
+        CheckpointStateError("CKADriftMonitor (state key 'X') cannot resume from 'last.ckpt': its `history` is 'oops', \
+expected a dict. The checkpoint's callback state is damaged or was written by other code; resume from another \
+checkpoint, or start without `ckpt_path` (the checkpoint was not changed).")
+    """
+    where = repr(str(checkpoint)) if checkpoint is not None else "the checkpoint"
+    shown = f"a tensor of shape {tuple(got.shape)}" if hasattr(got, "shape") and hasattr(got, "dtype") else _short(got)
+    return CheckpointStateError(
+        f"{owner} cannot resume from {where}: its `{what}` is {shown}, expected {expected}. The checkpoint's "
+        "callback state is damaged or was written by other code; resume from another checkpoint, or start without "
+        "`ckpt_path` (the checkpoint was not changed)."
+    )
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({type(value).__name__})"

@@ -24,28 +24,22 @@ from lightning_inflect.callbacks.injection_sharded import (
     attach_dormant,
     check_sharded,
     gather_adapters,
-    record_in_checkpoint,
     reshard,
     sharded,
 )
-from lightning_inflect.callbacks.injection_state import (
-    read_record,
-    read_state,
-    report_injection,
-    saved_record,
-)
+from lightning_inflect.callbacks.injection_state import report_injection
+from lightning_inflect.callbacks.lightning_internals import callback_state_in_checkpoint
 from lightning_inflect.callbacks.selector_inputs import SelectorInputs
 from lightning_inflect.injection import (
     ADAPTER_NAME,
+    InjectionLifecycle,
     InjectionRecord,
     InjectionSchedule,
-    activate_lora,
     check_module_names,
     count_trainable,
     default_targets,
     existing_adapters,
     export_adapters,
-    inject_lora,
     lora_parameters,
     lora_settings,
     plan_injection,
@@ -54,6 +48,7 @@ from lightning_inflect.injection import (
 )
 from lightning_inflect.selection import SKI, GradientSuppressionTrigger, Selection, Selector, select_or_fall_back
 from lightning_inflect.validation import (
+    CheckpointStateError,
     check_bool,
     check_callable,
     check_choice,
@@ -236,12 +231,16 @@ class InjectionCallback(Callback):
     to every candidate block before ``configure_model`` runs, and step 2 wakes the chosen blocks' ones
     (:func:`activate_lora`); the export gathers the sharded tensors on every rank and rank 0 writes them.
 
-    On resume from a checkpoint taken after the injection, the same adapters are attached in ``setup`` (before
-    Lightning loads the weights, strictly) and the optimizer groups are rebuilt in ``on_fit_start`` (before the
-    optimizer state is loaded; under FSDP2, which loads the checkpoint after ``on_fit_start``, when the weights
-    load, from the record read in the checkpoint). A checkpoint from before the injection resumes and injects at
-    the planned step. At the end of ``fit`` the adapters are saved in peft's format in
-    ``<export_dir>/inflect_adapters`` (default: the checkpoint folder, else the log folder):
+    The lifecycle (waiting -> probing -> injected -> exported, or skipped) is one
+    :class:`~lightning_inflect.injection.InjectionLifecycle`, saved in checkpoints. On resume the saved state is
+    checked whole and entered just before Lightning loads the weights, so that a damaged state raises a
+    :class:`~lightning_inflect.validation.CheckpointStateError` (naming the checkpoint, the callback and what was
+    expected) before the model or the optimizer change: a checkpoint taken after the injection gets the same
+    adapters (and active adapters) attached before the weights load, strictly, and the optimizer groups rebuilt in
+    ``on_fit_start``, before the optimizer state loads (under FSDP2, which loads the checkpoint after
+    ``on_fit_start``, both happen when the weights load); one from before the injection injects at the planned
+    step; one where nothing was selected stays without an injection. At the end of ``fit`` the adapters are saved
+    in peft's format in ``<export_dir>/inflect_adapters`` (default: the checkpoint folder, else the log folder):
     ``PeftModel.from_pretrained(base_model, path)`` loads them.
 
     Logged keys (``inflect`` is ``log_key_prefix``, at the injection step):
@@ -286,8 +285,12 @@ class InjectionCallback(Callback):
         log_key_prefix: first part of every logged key.
         adapter_name: the peft adapter name of our LoRA. A model that already carries LoRA (a user's own peft
             adapters, under any other name) keeps it untouched: where a chosen module already has an adapter, ours
-            is added beside it, both stay active, and with ``freeze_backbone`` theirs is frozen and only ours
-            trains; the export holds ours only. A model with an adapter of this name already is refused.
+            is added beside it, and every adapter that was active stays active (LoRA layers and the
+            ``modules_to_save`` wrappers of a ``PeftModel``'s task head alike); the export holds ours only. A model
+            with an adapter of this name already is refused.
+        train_user_adapters: with ``freeze_backbone``, whether the adapters the model already carries (a user's
+            own LoRA, the ``modules_to_save`` copy of their task head) go on training where they trained (default),
+            or are frozen with the backbone so that only ours and the kept modules train.
         probe_inputs: for auto-injection's own probe (metrics no monitor logs): maps a training batch to the
             model's keyword inputs; default keeps the keys of a dict batch that the model's ``forward`` accepts,
             minus ``labels``. Checked on the first training batch, before any optimizer step.
@@ -299,11 +302,10 @@ class InjectionCallback(Callback):
     """
 
     # What one fit learns (set in setup and the hooks; the defaults are the state before any fit).
-    record: InjectionRecord | None = None
     selection: Selection | None = None
     export_path: Path | None = None
     _fit: SelectorInputs | None = None  # the Trainer, model and blocks of this fit, and what the selectors read
-    _restored: InjectionRecord | None = None
+    _resumed = False  # this fit re-applied a saved injection: rebuild the optimizer groups in on_fit_start
     _boundary = True
     _step_at_start = -1
     _load_hooks: tuple[Any, ...] = ()
@@ -337,8 +339,10 @@ class InjectionCallback(Callback):
         log_key_prefix: str = "inflect",
         adapter_name: str = ADAPTER_NAME,
         probe_inputs: Callable[[Any], Mapping[str, Any]] | None = None,
+        train_user_adapters: bool = True,
     ) -> None:
         self.schedule = InjectionSchedule(at_step, at_epoch, at_fraction, min_step=1 if auto is True else 0)
+        check_bool("train_user_adapters", train_user_adapters)
         _check_options(
             auto=auto, layers=layers, selector=selector, trigger=trigger, include_mlp=include_mlp,
             freeze_backbone=freeze_backbone, keep_trainable=keep_trainable, on_empty=on_empty,
@@ -366,6 +370,8 @@ class InjectionCallback(Callback):
         self.log_key_prefix = log_key_prefix
         self.adapter_name = adapter_name
         self.probe_inputs = probe_inputs
+        self.train_user_adapters = train_user_adapters
+        self.lifecycle = InjectionLifecycle(self.schedule, owner=f"InjectionCallback (state key {self.state_key!r})")
 
     @property
     def state_key(self) -> str:
@@ -376,13 +382,14 @@ class InjectionCallback(Callback):
         """The optimizer step the injection is planned at, once known (see :class:`InjectionSchedule`)."""
         return self.schedule.planned_step
 
-    @planned_step.setter
-    def planned_step(self, step: int | None) -> None:
-        self.schedule.planned_step = step
+    @property
+    def record(self) -> InjectionRecord | None:
+        """What the injection did (None before it)."""
+        return self.lifecycle.record
 
     @property
     def injected(self) -> bool:
-        return self.record is not None
+        return self.lifecycle.injected
 
     # ------------------------------------------------------------------------------------------------ set up
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -393,7 +400,7 @@ class InjectionCallback(Callback):
         info = find_layers(model, self.layers_path)
         selectors = [sel for sel in (self.selector, self.fallback_selector) if sel is not None]
         self._fit = SelectorInputs(trainer, model, info, selectors, self.probe_inputs)
-        self._batch_checked = False
+        self._batch_checked = self._resumed = False
         if self.lora.target_modules is None:
             self.target_modules = default_targets(model, info, self.include_mlp)
         else:
@@ -401,74 +408,85 @@ class InjectionCallback(Callback):
         _check_against_model(model, info, self.layers_arg, selectors, self.target_modules, self.keep_trainable)
         if self.export and self.export_dir is not None:
             check_writable_dir("export_dir", self.export_dir, _EXPORT_HINT)
-        if sharded(trainer) and self.record is None and self.adapter_name not in existing_adapters(model):
+        if not self.lifecycle.pending:
+            return
+        if sharded(trainer) and self.adapter_name not in existing_adapters(model):
             blocks = (
                 list(range(info.num_layers)) if self.auto else check_layer_indices(self.layers_arg, info.num_layers)
             )
-            candidates = plan_injection(
-                model, info, blocks, self.lora, self.target_modules or [], self.keep_trainable,
-                freeze_backbone=self.freeze_backbone, adapter_name=self.adapter_name,
-            )  # fmt: skip
-            attach_dormant(trainer, model, candidates)  # FSDP2 takes the blocks' parameters in configure_model
-        if self.record is None:
-            # Lightning restores the weights before the callbacks' state and names the checkpoint only after
-            # `setup`: re-apply a saved injection just before the LightningModule's weights are loaded.
-            self._checkpoint_read = False
-            self._load_hooks = _before_weights_load_hooks(pl_module, self._before_weights_load)
+            attach_dormant(trainer, model, self._plan(blocks))  # FSDP2 takes the blocks' parameters in configure_model
+        # Lightning restores the weights before the callbacks' state and names the checkpoint only after `setup`:
+        # enter a saved state just before the LightningModule's weights are loaded.
+        self._checkpoint_read = False
+        self._load_hooks = _before_weights_load_hooks(pl_module, self._before_weights_load)
+
+    def _plan(self, layers: list[int], **fields: Any) -> InjectionRecord:
+        fit = self._inputs()
+        return plan_injection(
+            fit.model, fit.info, layers, self.lora, self.target_modules or [], self.keep_trainable,
+            freeze_backbone=self.freeze_backbone, adapter_name=self.adapter_name,
+            train_user_adapters=self.train_user_adapters, **fields,
+        )  # fmt: skip
 
     def _before_weights_load(self, module: torch.nn.Module, state_dict: dict, *args: Any) -> None:
-        ours = f".{self.adapter_name}."
-        if self.record is not None or self._restored is not None:
+        """The first weights load of a resume: check the saved state whole and enter it; an injected one attaches
+        the adapters the weights hold (under FSDP2: wakes them, and rebuilds the optimizer groups)."""
+        if self._checkpoint_read:
             return
+        self._checkpoint_read = True
         fit = self._inputs()
+        found, state = callback_state_in_checkpoint(fit.trainer, self.state_key)
         if sharded(fit.trainer):  # every checkpoint has the dormant adapters; and the load runs after on_fit_start
-            if not self._checkpoint_read:
-                self._checkpoint_read = True
-                self._wake_saved(fit)
+            if found:
+                self._enter_saved(fit, state, dormant=True)
             return
-        if not any(".lora_" in k and ours in k for k in state_dict):  # a model's own adapters are not ours
+        ours = any(".lora_" in k and f".{self.adapter_name}." in k for k in state_dict)  # not a model's own adapters
+        if not found:
+            if ours:
+                raise CheckpointStateError(
+                    f"The checkpoint {fit.trainer.ckpt_path!r} holds LoRA weights of adapter {self.adapter_name!r} "
+                    f"but no state of InjectionCallback {self.state_key!r}: resume with the InjectionCallback "
+                    "arguments (at_step/at_epoch/at_fraction) that made it."
+                )
             return
-        data = saved_record(fit.trainer, self.state_key)
-        if not data:
-            raise RuntimeError(
-                "The checkpoint holds LoRA weights but no record of InjectionCallback "
-                f"{self.state_key!r}: resume with the InjectionCallback arguments (at_step/at_epoch/at_fraction) "
-                "that made it."
+        self._enter_saved(fit, state, dormant=False)
+        if ours != self.injected:
+            held = "holds" if ours else "does not hold"
+            raise CheckpointStateError(
+                f"{self.lifecycle.owner} cannot resume from {fit.trainer.ckpt_path!r}: its state says "
+                f"{self.lifecycle.phase.value!r} but the model's weights {held} adapter {self.adapter_name!r}. The "
+                "checkpoint was written by other code or edited; resume from another checkpoint."
             )
-        record = read_record(data, fit.info.num_layers, self.state_key, fit.trainer)
-        inject_lora(fit.model, record)
-        self._restored = record
+
+    def _enter_saved(self, fit: SelectorInputs, state: Any, dormant: bool) -> None:
+        ckpt = fit.trainer.ckpt_path
+        self.lifecycle.read_state(state, fit.info.num_layers, ckpt)  # checked whole before anything changes
+        if dormant and isinstance(state, Mapping) and state.get("record"):
+            reshard(fit.trainer.lightning_module)
+        lora = self.lifecycle.restore(state, fit.model, fit.info.num_layers, ckpt, dormant=dormant)
+        self._resumed = self.injected
+        if self._resumed and dormant:
+            # FSDP2 loads the optimizer state right after the weights: give it the groups it was saved with now.
+            _retarget_optimizers(fit.trainer, fit.trainer.lightning_module, lora)
 
     def _remove_load_hooks(self) -> None:
         for hook in self._load_hooks:
             hook.remove()
         self._load_hooks = ()
 
-    def _wake_saved(self, fit: SelectorInputs) -> None:
-        """FSDP2 resume: the strategy loads weights, then the optimizer state, then the callbacks' state, all after
-        ``on_fit_start``. Read our record from the checkpoint now and set up the adapters and optimizer groups it
-        was saved with, before the optimizer state arrives."""
-        data = record_in_checkpoint(fit.trainer.ckpt_path, self.state_key, fit.trainer)
-        if not data:
-            return  # saved before the injection: the adapters stay dormant
-        record = read_record(data, fit.info.num_layers, self.state_key, fit.trainer)
-        self._restored = record
-        reshard(fit.trainer.lightning_module)
-        _retarget_optimizers(fit.trainer, fit.trainer.lightning_module, activate_lora(fit.model, record))
-
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not sharded(trainer):  # FSDP2 loads the checkpoint after this hook
             self._remove_load_hooks()
-        if self._restored is not None:
-            # Lightning loads the optimizer state after this hook: give it the groups it was saved with.
-            _retarget_optimizers(trainer, pl_module, lora_parameters(self._inputs().model, self.adapter_name))
-            _rewrap_ddp(trainer)
+            if self._resumed:
+                # Lightning loads the optimizer state after this hook: give it the groups it was saved with.
+                _retarget_optimizers(trainer, pl_module, lora_parameters(self._inputs().model, self.adapter_name))
+                _rewrap_ddp(trainer)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._remove_load_hooks()
         total = trainer.estimated_stepping_batches
-        if not self.injected:
-            self.schedule.plan(total)
+        if self.lifecycle.pending:
+            self.lifecycle.plan(total)
             why = self.schedule.too_late(trainer.max_steps, trainer.max_epochs, total)
             if why:
                 rank_zero_warn(f"InjectionCallback plans to inject {why} No injection will happen in this fit.")
@@ -476,36 +494,37 @@ class InjectionCallback(Callback):
     # -------------------------------------------------------------------------------------------- when to act
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._boundary = True
-        self.schedule.on_epoch_start(trainer.current_epoch, trainer.global_step)
+        self.lifecycle.on_epoch_start(trainer.current_epoch, trainer.global_step)
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int):
         step = trainer.global_step
         self._step_at_start = step
+        life = self.lifecycle
         if not self._batch_checked:  # the first batch, before any optimizer step: fail now, not at the injection
             self._batch_checked = True
-            if self.auto and not self.injected and self._inputs().own_probe_metrics():
+            if self.auto and life.pending and self._inputs().own_probe_metrics():
                 self._inputs().model_inputs(batch)
-        if self.injected or self.planned_step is None:
+        if not life.pending or self.planned_step is None:
             return
         inputs = self._inputs()
         grads = inputs.grads
         if self.auto and step == self.planned_step - 1 and inputs.needs_own("act_grad_norm"):
             grads.arm()
-        if self._boundary and (self.schedule.due(step) or self._trigger_fired()):
+        if self._boundary and (life.due(step) or self._trigger_fired()):
             if (
                 self.auto
                 and not grads.armed
                 and any(inputs.needs_own(m) and m not in grads.collected for m in ("act_grad_norm", "param_grad_norm"))
             ):
                 # The selector needs gradients nobody logged and this step was not foreseen (at_epoch, a trigger,
-                # step 0): probe this step's backward and inject at the next one.
-                self.schedule.postpone_to(step + 1)
+                # step 0, a resume): probe this step's backward and inject at the next one.
+                life.postpone(step + 1)
                 grads.arm()
                 return
             self._inject(trainer, pl_module, batch, step)
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
-        if self.injected or self.planned_step is None or trainer.global_step != self.planned_step - 1:
+        if not self.lifecycle.pending or self.planned_step is None or trainer.global_step != self.planned_step - 1:
             return
         inputs = self._inputs()
         inputs.grads.collect(parameters=self.auto and inputs.needs_own("param_grad_norm"))
@@ -526,64 +545,57 @@ class InjectionCallback(Callback):
         return self._fit
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.record is None or not self.export:
+        record = self.record
+        if record is None or not self.export:
             return
         model = self._inputs().model
-        tensors = gather_adapters(pl_module, model, self.record) if sharded(trainer) else None
+        tensors = gather_adapters(pl_module, model, record) if sharded(trainer) else None
         if trainer.is_global_zero:
             folder = Path(self.export_dir or _default_export_dir(trainer)) / "inflect_adapters"
-            self.export_path = export_adapters(model, self.record, folder, merged=self.export_merged, tensors=tensors)
+            self.export_path = export_adapters(model, record, folder, merged=self.export_merged, tensors=tensors)
             rank_zero_info(f"InjectionCallback: adapters saved in {self.export_path}")
+        self.lifecycle.exported()
 
-    def _choose(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, step: int) -> Selection | None:
+    def _choose(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, step: int) -> Selection:
         n = self._inputs().info.num_layers
         if not self.auto:
             layers = check_layer_indices(self.layers_arg, n)
             return Selection(tuple(layers), None, f"manual: layers={self.layers_arg}")
         assert self.selector is not None  # auto=True always has one
         history = self._inputs().history(batch, step)
-        selection = select_or_fall_back(self.selector, history, n, self.on_empty, self.fallback_selector, step)
-        if not selection.layers:  # on_empty="skip"
-            rank_zero_warn(f"InjectionCallback: no block selected ({selection.reason}); no injection.")
-            return None
-        return selection
+        return select_or_fall_back(self.selector, history, n, self.on_empty, self.fallback_selector, step)
 
     # ----------------------------------------------------------------------------------------------- inject
     def _inject(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, step: int) -> None:
         selection = self._choose(trainer, pl_module, batch, step)
         if trainer.world_size > 1:  # decide together: rank 0's choice (or skip), scores and reason on every rank
             selection = trainer.strategy.broadcast(selection, src=0)
-        self.planned_step = None
-        if selection is None:
+        self.selection = selection
+        if not selection.layers:  # on_empty="skip"
+            rank_zero_warn(f"InjectionCallback: no block selected ({selection.reason}); no injection.")
+            self.lifecycle.skip(selection.reason)
             return
-        layers = list(selection.layers)
         fit = self._inputs()
-        record = plan_injection(
-            fit.model, fit.info, layers, self.lora, self.target_modules or [], self.keep_trainable,
-            freeze_backbone=self.freeze_backbone, step=step, reason=self._trigger_reason + selection.reason,
-            scores=None if selection.scores is None else list(selection.scores), adapter_name=self.adapter_name,
+        record = self._plan(
+            list(selection.layers), step=step, reason=self._trigger_reason + selection.reason,
+            scores=None if selection.scores is None else list(selection.scores),
         )  # fmt: skip
         if sharded(trainer):
             reshard(pl_module)
-            lora = activate_lora(fit.model, record)
-        else:
-            lora = inject_lora(fit.model, record)
+        lora = self.lifecycle.inject(fit.model, record, dormant=sharded(trainer))
         record.trainable_after = count_trainable(fit.model)
-        self.record, self.selection = record, selection
         _retarget_optimizers(trainer, pl_module, lora)
         _rewrap_ddp(trainer)
         report_injection(trainer, record, self.log_key_prefix, sum(int(q.numel()) for q in lora))
 
     # -------------------------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
-        return {"record": self.record.to_dict() if self.record else None, "planned_step": self.planned_step}
+        return self.lifecycle.state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         fit = self._fit
-        num_layers, trainer = (fit.info.num_layers, fit.trainer) if fit is not None else (None, None)
-        record, planned = read_state(state_dict, num_layers, self.state_key, trainer)
-        self.record = record or self.record
-        self.planned_step = planned if "planned_step" in state_dict else self.planned_step
+        num_layers, ckpt = (fit.info.num_layers, fit.trainer.ckpt_path) if fit is not None else (None, None)
+        self.lifecycle.restore(state_dict, None, num_layers, ckpt)  # entered before the weights load, or pending
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._remove_load_hooks()

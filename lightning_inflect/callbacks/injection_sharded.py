@@ -2,23 +2,22 @@
 
 FSDP2 (Lightning's ``ModelParallelStrategy``, ``fully_shard`` in ``configure_model``) takes a block's parameters
 when it shards it, after the callbacks' ``setup``, and takes no new ones later; and it loads a checkpoint after
-``on_fit_start``. These functions are what the callback does differently there.
+``on_fit_start`` (:func:`~lightning_inflect.callbacks.lightning_internals.callback_state_in_checkpoint` reads the
+callback's state from it then). These functions are what the callback does differently there.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.strategies import ModelParallelStrategy, Strategy
 
-from lightning_inflect.callbacks.injection_state import corrupt_state
+from lightning_inflect.callbacks.lightning_internals import tensor_parallel_size
 from lightning_inflect.injection import InjectionRecord, adapter_state, attach_dormant_lora
 
-__all__ = ["attach_dormant", "check_sharded", "gather_adapters", "record_in_checkpoint", "reshard", "sharded"]
+__all__ = ["attach_dormant", "check_sharded", "gather_adapters", "reshard", "sharded"]
 
 
 def sharded(trainer: pl.Trainer) -> bool:
@@ -28,7 +27,7 @@ def sharded(trainer: pl.Trainer) -> bool:
 
 def check_sharded(strategy: Strategy, merged: bool) -> None:
     """What the InjectionCallback cannot do under FSDP2: tensor parallelism, a merged export (``merged``)."""
-    tensor_parallel = getattr(strategy, "_tensor_parallel_size", 1)
+    tensor_parallel = tensor_parallel_size(strategy)
     if tensor_parallel != 1:
         raise NotImplementedError(
             f"InjectionCallback supports ModelParallelStrategy with data parallelism only, but got "
@@ -76,19 +75,3 @@ def gather_adapters(pl_module: pl.LightningModule, model: torch.nn.Module, recor
     since gathering the shards is collective."""
     reshard(pl_module)
     return adapter_state(model, record)
-
-
-def record_in_checkpoint(path: str | Path | None, owner: str, trainer: pl.Trainer) -> Any:
-    """The record callback ``owner`` saved in the checkpoint at ``path`` (a file, or the folder of a distributed
-    checkpoint, whose non-tensor state Lightning keeps in one metadata file), read before Lightning reads it."""
-    from lightning.fabric.utilities.load import _METADATA_FILENAME  # Lightning's name of that file
-
-    if path is None:
-        return None
-    path = Path(path)
-    meta = path / _METADATA_FILENAME if path.is_dir() else path
-    checkpoint = torch.load(meta, map_location="cpu", mmap=not path.is_dir(), weights_only=True)
-    state = (checkpoint.get("callbacks") or {}).get(owner)
-    if state is not None and not isinstance(state, Mapping):
-        raise corrupt_state(owner, trainer, "state", f"expected a dict but got {type(state).__name__}")
-    return (state or {}).get("record")
