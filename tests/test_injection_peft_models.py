@@ -39,8 +39,8 @@ def _causal_lm():
     from transformers import AutoConfig, AutoModelForCausalLM
 
     torch.manual_seed(0)
-    cfg = AutoConfig.for_model("gpt2", n_embd=32, n_layer=3, n_head=4, vocab_size=VOCAB, bos_token_id=0,
-                               eos_token_id=0, pad_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)  # fmt: skip
+    sizes = dict(n_embd=32, n_layer=3, n_head=4, vocab_size=VOCAB, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    cfg = AutoConfig.for_model("gpt2", **sizes, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
     config = LoraConfig(task_type="CAUSAL_LM", r=4, target_modules=["c_attn"], init_lora_weights=False)
     return get_peft_model(AutoModelForCausalLM.from_config(cfg), config)
 
