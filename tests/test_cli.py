@@ -1,25 +1,18 @@
-"""The command line and the experiment harness end to end on tiny settings (real MiniLM, real data)."""
+"""The command line and the experiment harness end to end on tiny settings (real MiniLM, real data where found)."""
 
 import csv
 import json
-import os
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from _data import real_data_dir, real_or_invented_data_dir, write_invented_data
 
 from lightning_inflect.cli import main
 from lightning_inflect.experiments import grid, source, transfer
 from lightning_inflect.experiments.config import PRESETS
 from lightning_inflect.experiments.study_data import load_study_data
-
-DATA = Path(os.environ.get("LIGHTNING_INFLECT_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-
-
-def _need_data():
-    if not (DATA / "sst2" / "train.tsv").is_file():
-        pytest.fail(f"SST-2/RT not found under {DATA}; set LIGHTNING_INFLECT_DATA to the data directory.")
 
 
 @pytest.mark.parametrize(
@@ -42,8 +35,7 @@ def test_every_subcommand_has_help_and_config(command, options, capsys):
 
 
 def test_study_data_counts_and_overlap():
-    _need_data()
-    cfg = replace(PRESETS["cpu-small"], data_dir=str(DATA), source_train_size=100, target_train_size=None)
+    cfg = replace(PRESETS["cpu-small"], data_dir=str(real_data_dir()), source_train_size=100, target_train_size=None)
     raw = load_study_data(cfg)
     assert raw.counts["target_test"] == 1066 and raw.counts["target_test_overlap"] == 761  # 71% occur in SST-2 train
     assert raw.counts["target_train"] == 8530
@@ -54,9 +46,9 @@ def test_study_data_counts_and_overlap():
 
 
 def test_grid_via_cli_writes_tables_resumes_and_reruns_from_saved_config(tmp_path, capsys):
-    _need_data()
+    data = real_or_invented_data_dir(tmp_path / "data")
     out = tmp_path / "grid"
-    args = ["grid", "--preset", "tiny", "--out", str(out), "--data-dir", str(DATA)]
+    args = ["grid", "--preset", "tiny", "--out", str(out), "--data-dir", str(data)]
     main(args)
     printed = capsys.readouterr().out
     summary = json.loads((out / "results.json").read_text())["summary"]
@@ -77,7 +69,7 @@ def test_grid_via_cli_writes_tables_resumes_and_reruns_from_saved_config(tmp_pat
     assert 0.0 <= lora["test_acc"] <= 1.0 and 0.0 <= lora["test_acc_dedup"] <= 1.0
     for run_dir in (out / "under" / "full" / "seed0", out / "under" / "inflection-lora" / "seed0"):
         assert (run_dir / "config.json").is_file() and list((run_dir / "tb").glob("events.out.tfevents.*"))
-    _saved_weights_reproduce_the_runs(out, full, lora)
+    _saved_weights_reproduce_the_runs(out, full, lora, data)
     # a re-run skips finished cells
     stamp = (out / "under" / "full" / "seed0" / "metrics.json").stat().st_mtime_ns
     start = time.perf_counter()
@@ -96,7 +88,7 @@ def test_grid_via_cli_writes_tables_resumes_and_reruns_from_saved_config(tmp_pat
     assert (out / "results.md").is_file()
 
 
-def _saved_weights_reproduce_the_runs(out: Path, full: dict, lora: dict) -> None:
+def _saved_weights_reproduce_the_runs(out: Path, full: dict, lora: dict, data: Path) -> None:
     """Each run's saved weights, loaded back the way a user would, give its recorded test accuracy."""
     import torch
     from peft import PeftModel
@@ -104,7 +96,7 @@ def _saved_weights_reproduce_the_runs(out: Path, full: dict, lora: dict) -> None
 
     from lightning_inflect.experiments.models import evaluate
 
-    cfg = replace(PRESETS["tiny"], data_dir=str(DATA))
+    cfg = replace(PRESETS["tiny"], data_dir=str(data))
     test = load_study_data(cfg).target_test
     source_dir = out / "source" / "under" / "model"
     full_dir = out / "under" / "full" / "seed0" / full["weights"]
@@ -162,8 +154,8 @@ def test_demo_metrics_name_no_machine_path(tmp_path):
 
 def test_interrupted_grid_leaves_a_partial_table_and_resumes(tmp_path, monkeypatch):
     """The grid's bookkeeping alone: the training functions are replaced by ones that write a metrics.json."""
-    _need_data()
-    cfg = replace(PRESETS["tiny"], data_dir=str(DATA), strategies=["full", "shallow", "uniform-lora"])
+    data_dir = write_invented_data(tmp_path / "data")  # the training is faked: the sentences play no part
+    cfg = replace(PRESETS["tiny"], data_dir=str(data_dir), strategies=["full", "shallow", "uniform-lora"])
     calls = []
 
     def fake_transfer(cfg, strategy, seed, source_dir, run_dir, data=None, **kw):
@@ -242,9 +234,9 @@ def test_source_then_transfer_commands(tmp_path, capsys):
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    _need_data()
+    data = real_or_invented_data_dir(tmp_path / "data")
     study, run = tmp_path / "study", tmp_path / "run"
-    main(["source", "--regime", "under", "--preset", "tiny", "--out", str(study), "--data-dir", str(DATA)])
+    main(["source", "--regime", "under", "--preset", "tiny", "--out", str(study), "--data-dir", str(data)])
     captured = capsys.readouterr()
     model_dir = study / "source" / "under" / "model"
     assert f"Source model (under): {model_dir}" in captured.out and "Epoch 0: 100%" in captured.out
@@ -252,13 +244,13 @@ def test_source_then_transfer_commands(tmp_path, capsys):
     config = json.loads((model_dir.parent / "config.json").read_text())
     assert (config["regime"], config["source_train_size"]) == ("under", 64)
     assert not Path(config["data_dir"]).is_absolute()  # no machine path: relative to the run folder
-    assert (model_dir.parent / config["data_dir"]).resolve() == DATA.resolve()
+    assert (model_dir.parent / config["data_dir"]).resolve() == data.resolve()
     losses = _tb_scalars(model_dir.parent / "tb", "train_loss")
     assert len(losses) == 4 // PRESETS["tiny"].monitor_every and all(0 < v < 5 for v in losses)
     assert (info["epochs"], info["steps"]) == (1, 4)  # 64 sentences in batches of 16
     assert 0.0 <= info["sst2_dev_acc"] <= 1.0
     args = ["transfer", "--strategy", "shallow", "--source-ckpt", str(model_dir), "--preset", "tiny"]
-    main([*args, "--out", str(run), "--data-dir", str(DATA), "--dedup-target"])
+    main([*args, "--out", str(run), "--data-dir", str(data), "--dedup-target"])
     captured = capsys.readouterr()
     bar, printed = captured.out.rsplit("\n{\n", 1)
     assert "Epoch 0: 100%" in bar

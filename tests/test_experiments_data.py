@@ -1,14 +1,15 @@
-"""Tests of the experiment data loaders, on the real SST-2 / Rotten Tomatoes files of ``shared/data``."""
+"""Tests of the experiment data loaders: on the real SST-2 / Rotten Tomatoes files of ``shared/data`` (skipped without
+them, see ``tests/_data.py``), and on rows the tests write."""
 
 from __future__ import annotations
 
-import os
 import re
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
+from _data import real_data_dir, write_invented_data
 
 from lightning_inflect.experiments import (
     DATA_DIR_ENV_VAR,
@@ -20,6 +21,7 @@ from lightning_inflect.experiments import (
     read_tsv,
     resolve_data_dir,
 )
+from lightning_inflect.experiments.synthetic import synthetic_task
 
 RT_SIZES = {"train": 8530, "validation": 1066, "test": 1066}
 # HF `rotten_tomatoes` published `num_bytes` per split: the UTF-8 text bytes plus Arrow overhead of 12 bytes a row
@@ -34,19 +36,7 @@ RT_FIRST_ROWS = {
 
 @pytest.fixture(scope="module")
 def data_dir() -> Path:
-    env_value = os.environ.get(DATA_DIR_ENV_VAR)
-    if env_value:  # set on purpose: a wrong path is an error, not a reason to skip
-        if not Path(env_value).is_dir():
-            pytest.fail(f"`{DATA_DIR_ENV_VAR}={env_value}` is not a directory; point it at shared/data or unset it.")
-        return Path(env_value)
-    # CI clones the repository into some folder with `shared/` beside it: <parent>/<repo>/tests/this_file.
-    path = Path(__file__).resolve().parents[2] / "shared" / "data"
-    if not path.is_dir():
-        pytest.skip(
-            f"Real data directory `{path}` (shared/data beside the repository) not found and `{DATA_DIR_ENV_VAR}` is"
-            " not set: set it to the folder holding rotten_tomatoes/ and sst2/ to run these tests."
-        )
-    return path
+    return real_data_dir()
 
 
 @pytest.fixture(scope="module")
@@ -111,10 +101,11 @@ def test_rt_test_overlaps_sst2_train(rotten_tomatoes, sst2_train):
     assert sum(normalise(text) in sst2_texts for text, _ in rotten_tomatoes["test"]) == 761
 
 
-def test_env_var_gives_the_data_dir(data_dir, monkeypatch):
-    monkeypatch.setenv(DATA_DIR_ENV_VAR, str(data_dir))
-    assert resolve_data_dir(None) == data_dir
-    assert len(load_sst2(None, "dev")) == 872
+def test_env_var_gives_the_data_dir(tmp_path, monkeypatch):
+    written = write_invented_data(tmp_path, n=12)
+    monkeypatch.setenv(DATA_DIR_ENV_VAR, str(written))
+    assert resolve_data_dir(None) == written
+    assert load_sst2(None, "dev") == synthetic_task("film", 12, seed=11)  # GLUE's trailing space stripped
 
 
 def test_no_data_dir_error_says_how_to_fix(monkeypatch):
@@ -216,8 +207,8 @@ def minilm_tokenizer():
     return AutoTokenizer.from_pretrained(minilm_path(), local_files_only=True)
 
 
-def test_dataloader_batches_with_real_tokenizer(rotten_tomatoes, minilm_tokenizer):
-    pairs = rotten_tomatoes["validation"][:24] + rotten_tomatoes["validation"][-24:]
+def test_dataloader_batches_with_real_tokenizer(minilm_tokenizer):
+    pairs = [(text if i % 3 else " ".join([text] * 5), y) for i, (text, y) in enumerate(synthetic_task("film", 48))]
     max_length = 32
     lengths = [
         len(ids) for ids in minilm_tokenizer([t for t, _ in pairs], truncation=True, max_length=max_length)["input_ids"]
@@ -238,8 +229,8 @@ def test_dataloader_batches_with_real_tokenizer(rotten_tomatoes, minilm_tokenize
     assert seen == len(pairs)
 
 
-def test_dataloader_shuffle_is_seeded(rotten_tomatoes, minilm_tokenizer):
-    pairs = rotten_tomatoes["train"][:64]
+def test_dataloader_shuffle_is_seeded(minilm_tokenizer):
+    pairs = [(f"{i} {text}", y) for i, (text, y) in enumerate(synthetic_task("restaurant", 64))]  # one id per row
 
     def first_labels_and_ids(seed: int) -> list[list[int]]:
         loader = make_dataloader(pairs, minilm_tokenizer, batch_size=16, shuffle=True, seed=seed)
@@ -258,6 +249,7 @@ def test_dataloader_rejects_bad_arguments(minilm_tokenizer):
 
 @pytest.mark.parametrize("subfolder", ["", "rt-polaritydata"])
 def test_original_latin1_files_give_the_hf_identical_splits(data_dir, rotten_tomatoes, tmp_path, subfolder):
+    real_data_dir("rotten_tomatoes/rt-polarity.pos", "rotten_tomatoes/rt-polarity.neg")
     originals = tmp_path / "rotten_tomatoes" / subfolder
     originals.mkdir(parents=True)
     for name in ("rt-polarity.pos", "rt-polarity.neg"):  # links: the data stay where they are
@@ -268,10 +260,10 @@ def test_original_latin1_files_give_the_hf_identical_splits(data_dir, rotten_tom
     assert sum("\x85" in t for split in RT_SIZES for t, _ in load_rotten_tomatoes(tmp_path, split)) == 22
 
 
-def test_original_files_that_are_not_the_release_are_refused(data_dir, tmp_path):
+def test_original_files_that_are_not_the_release_are_refused(tmp_path):
     folder = tmp_path / "rotten_tomatoes"
     folder.mkdir()
-    (folder / "rt-polarity.pos").write_bytes((data_dir / "rotten_tomatoes" / "rt-polarity.pos").read_bytes()[:5000])
+    (folder / "rt-polarity.pos").write_bytes(b"a film one could watch twice \x85 or not .\n" * 40)  # latin-1, cut short
     with pytest.raises(FileNotFoundError, match=r"rt-polarity\.neg"):
         load_rotten_tomatoes(tmp_path, "train")
     (folder / "rt-polarity.neg").write_bytes(b"one\ntwo\n")

