@@ -3,9 +3,18 @@
 Callbacks (importing them imports Lightning):
 
 >>> from lightning_inflect import AttentionEntropyMonitor, GradientNormMonitor, CKADriftMonitor, InjectionCallback
+
+Framework-free: the monitors' contract :class:`InflectMonitor` (:mod:`lightning_inflect.monitor`) and the logged
+names (:mod:`lightning_inflect.names`):
+
+>>> from lightning_inflect import InflectMonitor, names
+>>> isinstance(CKADriftMonitor(every_n_steps=10), InflectMonitor), names.layer_key("inflect", names.CKA_DRIFT, 1)
+(True, 'inflect/cka_drift/layer_01')
 """
 
+from lightning_inflect import names
 from lightning_inflect.architectures import LayerDiscoveryError
+from lightning_inflect.monitor import InflectMonitor
 from lightning_inflect.selection import (
     SKI,
     CKAImportance,
@@ -27,6 +36,7 @@ __all__ = [
     "SKI",
     "CKAImportance",
     "GradientProbe",
+    "InflectMonitor",
     "LayerDiscoveryError",
     "Manual",
     "RandomK",
@@ -35,6 +45,7 @@ __all__ = [
     "TopK",
     "Uniform",
     "__version__",
+    "names",
 ]
 
 

@@ -17,6 +17,8 @@ import pytest
         "lightning_inflect.capture",
         "lightning_inflect.selection",
         "lightning_inflect.injection",
+        "lightning_inflect.names",
+        "lightning_inflect.monitor",
     ],
 )
 def test_pure_packages_do_not_import_lightning_or_peft(package):
@@ -27,6 +29,14 @@ def test_pure_packages_do_not_import_lightning_or_peft(package):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "", f"{package} imported {out}"
+
+
+@pytest.mark.parametrize("module", ["lightning_inflect.names", "lightning_inflect.monitor"])
+def test_the_shared_contract_imports_no_framework(module):
+    # for a Hugging Face Trainer front end over the same core: the names and the protocol pull in no training loop
+    code = f"import sys, {module}\nprint(sorted(m for m in ('lightning', 'peft', 'transformers') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]", f"{module} imported {out}"
 
 
 def test_functional_does_not_import_transformers():

@@ -9,11 +9,12 @@ import lightning.pytorch as pl
 from torch import nn
 
 from lightning_inflect.architectures import LayerInfo
-from lightning_inflect.callbacks.base import _InflectMonitor
 from lightning_inflect.callbacks.session import ProbeSession, flush_monitors
 from lightning_inflect.capture import default_model_inputs, to_device
 from lightning_inflect.history import MetricHistory
 from lightning_inflect.injection import PROBE_METRICS, StepGradients, probe_diagnostics
+from lightning_inflect.monitor import InflectMonitor
+from lightning_inflect.names import ACT_GRAD_NORM
 from lightning_inflect.selection import GradientSuppressionTrigger, Selector
 
 __all__ = ["SelectorInputs"]
@@ -45,8 +46,9 @@ class SelectorInputs:
         self.grads = StepGradients(info)
         self.trigger_rows = 0
 
-    def _monitors(self) -> list[_InflectMonitor]:
-        return [cb for cb in getattr(self.trainer, "callbacks", []) if isinstance(cb, _InflectMonitor)]
+    def _monitors(self) -> list[InflectMonitor]:
+        """The trainer's callbacks that are inflect monitors (any object that satisfies the protocol)."""
+        return [cb for cb in getattr(self.trainer, "callbacks", []) if isinstance(cb, InflectMonitor)]
 
     def monitor_history(self, metric: str) -> MetricHistory | None:
         """The first attached monitor's history of ``metric``, over all blocks (NaN where it does not monitor)."""
@@ -109,11 +111,11 @@ class SelectorInputs:
 
     def trigger_fired(self, trigger: GradientSuppressionTrigger) -> bool:
         """Feed ``trigger`` the activation-gradient rows logged since the last call; True if it fired."""
-        logged = max((len(cb.history["act_grad_norm"]) for cb in self._monitors() if "act_grad_norm" in cb.history),
+        logged = max((len(cb.history[ACT_GRAD_NORM]) for cb in self._monitors() if ACT_GRAD_NORM in cb.history),
                      default=0)  # fmt: skip
         if logged <= self.trigger_rows:  # nothing new: stay off the per-batch path
             return False
-        hist = self.monitor_history("act_grad_norm")
+        hist = self.monitor_history(ACT_GRAD_NORM)
         rows = hist.rows if hist else []
         fired = False
         for row in rows[self.trigger_rows :]:

@@ -4,7 +4,8 @@ Several monitors on one ``Trainer`` must cost one probe forward per logging step
 device-to-host transfer, not one each. The first monitor set up on a trainer creates a :class:`ProbeSession`; the
 others join it.
 
-* **Probe.** Each monitor declares its needs as typed requests (:meth:`_InflectMonitor.probe_requests`, see
+* **Probe.** Each monitor declares its needs as typed requests (:meth:`InflectMonitor.probe_requests
+  <lightning_inflect.monitor.InflectMonitor.probe_requests>`, see
   :mod:`lightning_inflect.capture.contract`). On a logging step the first monitor that needs the probe runs it
   for the merged requests of every monitor due at that step; each monitor then reads the answer to its own request.
 * **Transfer.** Monitors hand their on-device values to :meth:`ProbeSession.defer`; when the optimizer step is over
@@ -39,7 +40,7 @@ from lightning_inflect.capture.ranks import cat_over_ranks, sum_over_ranks, worl
 if TYPE_CHECKING:
     import lightning.pytorch as pl
 
-    from lightning_inflect.callbacks.base import _InflectMonitor
+    from lightning_inflect.monitor import InflectMonitor
 
 __all__ = ["ProbeSession", "flush_monitors"]
 
@@ -70,8 +71,8 @@ class ProbeSession:
         self.model_attr = model_attr
         self.info = info
         self._attention: list[nn.Module] | None = None
-        self.members: list[_InflectMonitor] = []
-        self.probe_owner: _InflectMonitor | None = None
+        self.members: list[InflectMonitor] = []
+        self.probe_owner: InflectMonitor | None = None
         self.probe_batches: list[dict[str, Any]] = []  # on the model's device
         self.probe_complete = False
         self.rank_sizes: list[list[int]] | None = None  # with several ranks and a rank-local probe: its batch sizes
@@ -86,7 +87,7 @@ class ProbeSession:
 
     # ----------------------------------------------------------------------------------------------- discovery
     @classmethod
-    def attach(cls, trainer: pl.Trainer, pl_module: pl.LightningModule, monitor: _InflectMonitor) -> ProbeSession:
+    def attach(cls, trainer: pl.Trainer, pl_module: pl.LightningModule, monitor: InflectMonitor) -> ProbeSession:
         session = _SESSIONS.get(trainer)
         if session is None or session.hf_model not in set(pl_module.modules()):
             attr, hf_model = find_hf_model(pl_module, monitor.model_attr)
@@ -127,7 +128,7 @@ class ProbeSession:
         return session
 
     @staticmethod
-    def detach(trainer: pl.Trainer, monitor: _InflectMonitor) -> None:
+    def detach(trainer: pl.Trainer, monitor: InflectMonitor) -> None:
         session = _SESSIONS.get(trainer)
         if session is None:
             return

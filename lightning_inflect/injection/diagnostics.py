@@ -24,10 +24,17 @@ from lightning_inflect.capture import (
 from lightning_inflect.capture.ranks import grad_norm_shares, sum_over_ranks
 from lightning_inflect.functional import cka_from_hsic, hsic_terms
 from lightning_inflect.history import MetricHistory
+from lightning_inflect.names import (
+    ACT_GRAD_NORM,
+    ATTN_ENTROPY,
+    ATTN_ENTROPY_NORMALIZED,
+    CKA_IMPORTANCE,
+    PARAM_GRAD_NORM,
+)
 
 __all__ = ["PROBE_METRICS", "StepGradients", "probe_diagnostics"]
 
-PROBE_METRICS = ("attn_entropy", "attn_entropy_normalized", "cka_importance")
+PROBE_METRICS = (ATTN_ENTROPY, ATTN_ENTROPY_NORMALIZED, CKA_IMPORTANCE)
 """The metrics a probe forward gives (the others come from a training step's gradients)."""
 
 
@@ -48,16 +55,16 @@ def probe_diagnostics(
     entropy, outputs, first_input = EntropyRequest(blocks), PooledRequest(blocks), PooledRequest((0,), site="input")
     result = run([entropy, outputs, first_input])
     out: dict[str, MetricHistory] = {}
-    if "attn_entropy" in metrics or "attn_entropy_normalized" in metrics:
+    if ATTN_ENTROPY in metrics or ATTN_ENTROPY_NORMALIZED in metrics:
         sums = result.answer(entropy)
         ent, norm = torch.stack([sums.pooled_mean(), sums.pooled_normalized_mean()]).tolist()
-        out["attn_entropy"] = MetricHistory(blocks, [step], [ent])
-        out["attn_entropy_normalized"] = MetricHistory(blocks, [step], [norm])
-    if "cka_importance" in metrics:
+        out[ATTN_ENTROPY] = MetricHistory(blocks, [step], [ent])
+        out[ATTN_ENTROPY_NORMALIZED] = MetricHistory(blocks, [step], [norm])
+    if CKA_IMPORTANCE in metrics:
         reps = torch.cat([result.answer(first_input)[0], result.answer(outputs)[0]])  # (n + 1, examples, hidden)
         unbiased = reps.shape[1] >= 4
         values = 1.0 - cka_from_hsic(hsic_terms(reps[:-1], reps[1:], unbiased))
-        out["cka_importance"] = MetricHistory(blocks, [step], [values.tolist()])
+        out[CKA_IMPORTANCE] = MetricHistory(blocks, [step], [values.tolist()])
     return out
 
 
@@ -91,12 +98,12 @@ class StepGradients:
             groups = [
                 [p.grad for p in b.parameters() if p.requires_grad and p.grad is not None] for b in self.info.blocks
             ]  # the full gradient's norm under FSDP2 too: shards' squares summed over ranks (every rank collects)
-            self.collected["param_grad_norm"] = sum_over_ranks(grad_norm_shares(groups)).sqrt().tolist()
+            self.collected[PARAM_GRAD_NORM] = sum_over_ranks(grad_norm_shares(groups)).sqrt().tolist()
         if self._capture is not None:
             self._capture.disarm()
             sums, counts = self._capture.read()
             host = sums.tolist() if sums is not None else [0.0] * len(counts)
-            self.collected["act_grad_norm"] = mean_norms(host, counts)
+            self.collected[ACT_GRAD_NORM] = mean_norms(host, counts)
             self._capture = None
 
     def disarm(self) -> None:

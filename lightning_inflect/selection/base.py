@@ -23,6 +23,14 @@ import torch
 from torch import Tensor
 
 from lightning_inflect.history import MetricHistory
+from lightning_inflect.names import (
+    ACT_GRAD_NORM,
+    ATTN_ENTROPY,
+    ATTN_ENTROPY_NORMALIZED,
+    CKA_DRIFT,
+    CKA_IMPORTANCE,
+    PARAM_GRAD_NORM,
+)
 from lightning_inflect.validation import check_int
 
 __all__ = [
@@ -45,20 +53,20 @@ History = Mapping[str, MetricHistory | PlainHistory]
 :data:`PlainHistory`."""
 
 METRIC_SOURCES: dict[str, str] = {
-    "attn_entropy": "logged by `AttentionEntropyMonitor`: add one to the Trainer's callbacks",
-    "attn_entropy_normalized": (
+    ATTN_ENTROPY: "logged by `AttentionEntropyMonitor`: add one to the Trainer's callbacks",
+    ATTN_ENTROPY_NORMALIZED: (
         "logged by `AttentionEntropyMonitor(normalized=True)`: add one to the Trainer's callbacks"
     ),
-    "act_grad_norm": (
+    ACT_GRAD_NORM: (
         "logged by `GradientNormMonitor` with 'activation' in its `norms` (the default): add one to the Trainer's "
         "callbacks"
     ),
-    "param_grad_norm": (
+    PARAM_GRAD_NORM: (
         "logged by `GradientNormMonitor` with 'parameter' in its `norms` (the default): add one to the Trainer's "
         "callbacks"
     ),
-    "cka_importance": "computed by `InjectionCallback`'s own probe (1 - CKA between consecutive block outputs)",
-    "cka_drift": "logged by `CKADriftMonitor`: add one to the Trainer's callbacks",
+    CKA_IMPORTANCE: "computed by `InjectionCallback`'s own probe (1 - CKA between consecutive block outputs)",
+    CKA_DRIFT: "logged by `CKADriftMonitor`: add one to the Trainer's callbacks",
 }
 """Where each metric comes from, quoted in the errors about a missing or empty metric."""
 

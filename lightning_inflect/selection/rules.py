@@ -8,6 +8,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
+from lightning_inflect.names import CKA_IMPORTANCE, PARAM_GRAD_NORM
 from lightning_inflect.selection.base import (
     History,
     Selection,
@@ -75,8 +76,8 @@ class CKAImportance(_TopKByMetric):
         (1, 3)
     """
 
-    metric = "cka_importance"
-    requires = ("cka_importance",)
+    metric = CKA_IMPORTANCE
+    requires = (CKA_IMPORTANCE,)
 
 
 class GradientProbe(_TopKByMetric):
@@ -92,8 +93,8 @@ class GradientProbe(_TopKByMetric):
         'GradientProbe k=1 over logs at steps 5-6: top-1 by param_grad_norm: blocks 2 (3) -> [2]'
     """
 
-    metric = "param_grad_norm"
-    requires = ("param_grad_norm",)
+    metric = PARAM_GRAD_NORM
+    requires = (PARAM_GRAD_NORM,)
 
 
 class TopK(Selector):

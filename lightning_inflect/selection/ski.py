@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from lightning_inflect.functional.norms import gradient_drop
+from lightning_inflect.names import ACT_GRAD_NORM, ATTN_ENTROPY
 from lightning_inflect.selection.base import (
     History,
     Selection,
@@ -172,7 +173,7 @@ class SKI(Selector):
         'SKI a=0.5 over logs at step 10: local maxima at blocks 1 (scores 1), band +-0 -> [1]'
     """
 
-    requires: tuple[str, ...] = ("attn_entropy", "act_grad_norm")
+    requires: tuple[str, ...] = (ATTN_ENTROPY, ACT_GRAD_NORM)
 
     def __init__(self, a: float = 0.5, window: int = 3, band: int = 1, top_k: int | None = None) -> None:
         self.a = _check_a(a)
@@ -183,7 +184,7 @@ class SKI(Selector):
                 f"Expected argument `top_k` to be None (local maxima) or a positive int but got {top_k!r}."
             )
         self.window, self.band, self.top_k = window, band, top_k
-        self.requires = tuple(m for m, w in (("attn_entropy", self.a), ("act_grad_norm", 1 - self.a)) if w > 0)
+        self.requires = tuple(m for m, w in ((ATTN_ENTROPY, self.a), (ACT_GRAD_NORM, 1 - self.a)) if w > 0)
 
     def _params(self) -> dict[str, object]:
         return {"a": self.a, "window": self.window, "band": self.band, "top_k": self.top_k}
@@ -199,13 +200,13 @@ class SKI(Selector):
             _check_k_fits(self, self.top_k, num_layers, name="top_k")
         inputs: dict[str, Tensor] = {}
         windows: dict[str, tuple[list[int] | None, int]] = {}
-        for metric in ("attn_entropy", "act_grad_norm"):
+        for metric in (ATTN_ENTROPY, ACT_GRAD_NORM):
             if metric in self.requires:
                 values, steps, n = _gather(history, metric, num_layers, self.window, who=repr(self))
                 inputs[metric], windows[metric] = values, (steps, n)
             else:
                 inputs[metric] = torch.full((num_layers,), math.nan, dtype=torch.float64)
-        scores = ski_scores(inputs["attn_entropy"], inputs["act_grad_norm"], self.a)
+        scores = ski_scores(inputs[ATTN_ENTROPY], inputs[ACT_GRAD_NORM], self.a)
         out = tuple(scores.tolist())
         head = f"SKI a={self.a:g} over {_describe_windows(windows)}: "
         unscored = [i for i, s in enumerate(out) if math.isnan(s)]

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 
 from lightning_inflect.functional.norms import gradient_drop
+from lightning_inflect.names import ACT_GRAD_NORM
 from lightning_inflect.validation import check_int, check_number
 
 __all__ = ["GradientSuppressionTrigger"]
@@ -39,7 +40,7 @@ class GradientSuppressionTrigger:
         'gradient drop >= 0.693 nats for 2 consecutive logs (last: 1.609 at block 0)'
     """
 
-    requires = ("act_grad_norm",)
+    requires = (ACT_GRAD_NORM,)
 
     def __init__(self, threshold: float = math.log(2), patience: int = 3) -> None:
         check_number("threshold", threshold)
