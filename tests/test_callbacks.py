@@ -9,7 +9,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from conftest import NO_DROPOUT, ClsModule, loader, tiny_model
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.custom_scalar import layout_pb2
@@ -86,6 +86,27 @@ def test_every_key_reaches_tensorboard_and_csv(trainer_factory, tmp_path):
     got = [float(r["inflect/cka_drift/layer_02"]) for r in rows if r.get("inflect/cka_drift/layer_02")]
     assert got == pytest.approx([e.value for e in ea.Scalars("inflect/cka_drift/layer_02")], rel=1e-6)
     assert got == pytest.approx([v[2] for v in cbs[2].history["cka_drift"].rows], rel=1e-6)
+
+    # every logged scalar is in trainer.callback_metrics with its latest value, as `self.log` leaves one there:
+    # a 0-dim float32 CPU tensor, equal to the history's last row and to the last value the loggers got
+    metrics = trainer.callback_metrics
+    last_csv = {k: float(v) for r in rows for k, v in r.items() if v not in ("", None)}
+    inflect = {k for k in metrics if k.startswith("inflect/")}
+    assert inflect == {k for k in tags if k.startswith("inflect/")}  # no key more, no key less than TensorBoard
+    for mon in cbs:
+        for metric, hist in mon.history.items():
+            for layer, value in zip(hist.blocks, hist.rows[-1]):
+                key = f"inflect/{metric}/layer_{layer:02d}"
+                got = metrics[key]
+                assert got.dtype == torch.float32 and got.device.type == "cpu" and got.dim() == 0, key
+                assert got.item() == pytest.approx(value, rel=1e-6), key
+                assert got.item() == pytest.approx(ea.Scalars(key)[-1].value, rel=1e-6), key
+                assert got.item() == pytest.approx(last_csv[key], rel=1e-6), key
+    head = "inflect/attn_entropy/layer_01/head_03"
+    assert metrics[head].item() == pytest.approx(ea.Scalars(head)[-1].value, rel=1e-6)
+    overhead = ea.Scalars("inflect/overhead_ms")[-1].value
+    assert metrics["inflect/overhead_ms"].item() == pytest.approx(overhead, rel=1e-6) and overhead > 0
+    assert "train_loss" in metrics  # Lightning's own `self.log` values are kept beside ours
 
 
 class ForwardCounter(Callback):
@@ -246,6 +267,42 @@ def test_state_survives_checkpoint_and_resume(trainer_factory, tmp_path):
     assert resumed[2].reference_step == 0
     assert len(full[2].reference) == len(resumed[2].reference) == 1  # one probe batch: (blocks, examples, hidden)
     assert all(torch.equal(x, y) for x, y in zip(full[2].reference, resumed[2].reference))
+
+
+def test_early_stopping_on_a_drift_key_stops_when_the_drift_plateaus(trainer_factory):
+    # lr=0: the weights never move, the drift stays 0; it must grow by min_delta within `patience` epochs or stop
+    early = EarlyStopping(
+        monitor="inflect/cka_drift/layer_01", mode="max", min_delta=1e-3, patience=2, check_on_train_epoch_end=True
+    )
+    drift = CKADriftMonitor(every_n_steps=1, pca_components=4)
+    trainer = trainer_factory([drift, early], max_steps=-1, max_epochs=20)
+    trainer.fit(ClsModule(tiny_model("bert", **NO_DROPOUT), lr=0.0), loader(16))  # 2 steps per epoch
+
+    assert trainer.should_stop and early.stopped_epoch == 2 and trainer.current_epoch == 3 < 20
+    assert trainer.global_step == 6 and drift.history["cka_drift"].steps == list(range(6))
+    assert early.best_score.item() == pytest.approx(drift.history["cka_drift"].rows[0][1], abs=1e-9)
+    assert all(abs(row[1]) < 1e-3 for row in drift.history["cka_drift"].rows)  # it did plateau
+
+
+def test_model_checkpoint_keeps_the_step_with_the_highest_entropy_of_a_layer(trainer_factory, tmp_path):
+    entropy = AttentionEntropyMonitor(every_n_steps=1)
+    ckpt = ModelCheckpoint(
+        dirpath=tmp_path / "best", monitor="inflect/attn_entropy/layer_00", mode="max", save_top_k=1,
+        every_n_train_steps=1,
+    )  # fmt: skip
+    trainer = trainer_factory([entropy, ckpt], max_steps=6, enable_checkpointing=True)
+    trainer.fit(ClsModule(tiny_model("bert", **NO_DROPOUT), lr=2.0), loader(48))
+
+    hist = entropy.history["attn_entropy"]
+    values = [row[0] for row in hist.rows]
+    assert hist.steps == list(range(6)) and len(set(values)) == 6  # the entropy moved: there is something to rank
+    best = max(range(6), key=values.__getitem__)
+    assert best != 5  # not the last checkpoint: ModelCheckpoint ranked them and kept an earlier one
+    assert ckpt.best_model_score is not None
+    assert ckpt.best_model_score.item() == pytest.approx(values[best], rel=1e-6)
+    # step s's value is known once its optimizer step is done: the checkpoint saved then has global step s + 1
+    assert ckpt.best_model_path.endswith(f"step={best + 1}.ckpt")
+    assert [p.name for p in (tmp_path / "best").iterdir()] == [f"epoch=0-step={best + 1}.ckpt"]
 
 
 @pytest.mark.parametrize(

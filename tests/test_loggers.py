@@ -216,3 +216,23 @@ def test_only_rank_zero_writes_images_and_text():
         mon._record(trainer, "attn_entropy", 0, [1.0, 2.0])  # type: ignore[arg-type]
         kinds = [c[0] for c in rec.calls]
         assert kinds == (["metrics", "text", "image"] if rank_zero else ["metrics"])
+
+
+def test_the_injection_report_reaches_every_logger_and_callback_metrics(tmp_path):
+    import lightning.pytorch as pl
+
+    lora = {"r": 2, "lora_alpha": 4.0, "lora_dropout": 0.0}
+    record = InjectionRecord(
+        layers=[1], target_modules=["query"], lora=lora, keep_trainable=[], step=2, trainable_after=4, reason="SKI",
+        scores=[0.25, 1.0, 0.5],
+    )  # fmt: skip
+    rec = Recorder()
+    trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.loggers = [rec]  # type: ignore[list-item]
+    report_injection(trainer, record, "inflect", lora_numel=4)
+    expected = {"inflect/trainable_params": 4.0, **{f"inflect/inflection_score/layer_{i:02d}": s for i, s in
+                                                     enumerate([0.25, 1.0, 0.5])}}  # fmt: skip
+    assert ("metrics", expected, 2) in rec.calls
+    got = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("inflect/")}
+    assert {k: v.item() for k, v in got.items()} == expected  # EarlyStopping / ModelCheckpoint can monitor them
+    assert all(v.dtype == torch.float32 and v.dim() == 0 and v.device.type == "cpu" for v in got.values())

@@ -13,29 +13,19 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_inflect.architectures import check_layer_indices
-from lightning_inflect.callbacks.loggers import log_heatmap, takes_images
+from lightning_inflect.callbacks.loggers import log_heatmap, log_metrics, takes_images
 from lightning_inflect.callbacks.session import ProbeSession
 from lightning_inflect.capture import ProbeRequest
 from lightning_inflect.functional import heatmap_image
 from lightning_inflect.history import MetricHistory
+from lightning_inflect.monitor import InflectMonitor
+from lightning_inflect.names import DEFAULT_PREFIX, HEATMAP, OVERHEAD_MS, layer_key, run_key
 from lightning_inflect.validation import check_callable, check_int, check_str
 
 __all__ = ["OVERHEAD_KEY", "layer_key"]
 
-OVERHEAD_KEY = "overhead_ms"
-
-
-def layer_key(prefix: str, metric: str, layer: int, head: int | None = None) -> str:
-    """The logged key of one layer (and optionally head): ``inflect/attn_entropy/layer_03/head_11``.
-
-    Example:
-        >>> layer_key("inflect", "cka_drift", 3)
-        'inflect/cka_drift/layer_03'
-        >>> layer_key("inflect", "attn_entropy", 0, head=11)
-        'inflect/attn_entropy/layer_00/head_11'
-    """
-    key = f"{prefix}/{metric}/layer_{layer:02d}"
-    return key if head is None else f"{key}/head_{head:02d}"
+OVERHEAD_KEY = OVERHEAD_MS
+"""Kept for compatibility: :data:`lightning_inflect.names.OVERHEAD_MS` (``layer_key`` lives there too)."""
 
 
 _UNSUPPORTED_STRATEGIES = {
@@ -57,7 +47,16 @@ def _is_a(strategy: Any, name: str) -> bool:
 
 
 class _InflectMonitor(Callback):
-    """Base of the monitors. Subclasses set ``metrics`` and implement the hooks they need."""
+    """Base of the monitors. Subclasses set ``metrics`` and implement the hooks they need.
+
+    Every monitor satisfies the public contract :class:`~lightning_inflect.monitor.InflectMonitor`; code outside
+    this module reads monitors through it, never through this class.
+
+    Every value a monitor logs (``<prefix>/<metric>/layer_LL``, per-head keys, ``<prefix>/overhead_ms``) also goes
+    into ``trainer.callback_metrics`` with its latest value, on every rank, right after the logging step's one host
+    transfer (:func:`~lightning_inflect.callbacks.loggers.log_metrics`): ``EarlyStopping`` and ``ModelCheckpoint``
+    can monitor any of these keys.
+    """
 
     metrics: tuple[str, ...] = ()
     uses_probe = False
@@ -69,7 +68,7 @@ class _InflectMonitor(Callback):
         layers: Sequence[int] | None = None,
         model_attr: str | None = None,
         layers_path: str | None = None,
-        log_key_prefix: str = "inflect",
+        log_key_prefix: str = DEFAULT_PREFIX,
         heatmap_every_n_logs: int = 5,
         probe: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
         probe_batches: int = 1,
@@ -87,9 +86,10 @@ class _InflectMonitor(Callback):
                 f"Expected argument `layers` to be None (all blocks) or a non-empty sequence of block indices "
                 f"but got {layers!r}."
             )
+        probe_list: list[Mapping[str, Any]] | None = None
         if probe is not None:
-            probe = [probe] if isinstance(probe, Mapping) else list(probe)
-            if not probe or not all(isinstance(b, Mapping) for b in probe):
+            probe_list = [probe] if isinstance(probe, Mapping) else list(probe)
+            if not probe_list or not all(isinstance(b, Mapping) for b in probe_list):
                 raise ValueError(
                     "Expected argument `probe` to be a dict of model keyword inputs (or a non-empty list of them) "
                     f"but got {type(probe).__name__}."
@@ -100,8 +100,8 @@ class _InflectMonitor(Callback):
         self.layers_path = layers_path
         self.log_key_prefix = log_key_prefix
         self.heatmap_every_n_logs = heatmap_every_n_logs
-        self.probe = probe
-        self.probe_batches = len(probe) if probe is not None else probe_batches
+        self.probe = probe_list
+        self.probe_batches = len(probe_list) if probe_list is not None else probe_batches
         self.probe_inputs = probe_inputs
         self.layers: list[int] = []
         self._session: ProbeSession | None = None
@@ -117,7 +117,7 @@ class _InflectMonitor(Callback):
     # ---------------------------------------------------------------------------------------------- identity
     def _identity(self) -> dict[str, Any]:
         identity: dict[str, Any] = {"every_n_steps": self.every_n_steps, "layers": self.layers_arg}
-        if self.log_key_prefix != "inflect":  # the default key stays as in version 0.1
+        if self.log_key_prefix != DEFAULT_PREFIX:  # the default key stays as in version 0.1
             identity["log_key_prefix"] = self.log_key_prefix
         return identity
 
@@ -125,7 +125,7 @@ class _InflectMonitor(Callback):
     def state_key(self) -> str:
         return self._generate_state_key(**self._identity())
 
-    def same_probe(self, other: _InflectMonitor) -> bool:
+    def same_probe(self, other: InflectMonitor) -> bool:
         return (
             self.probe_batches == other.probe_batches
             and (self.probe is None) == (other.probe is None)
@@ -165,7 +165,8 @@ class _InflectMonitor(Callback):
             self._warn_once(
                 "no_logger",
                 f"{type(self).__name__} has no logger to write to (the Trainer has `logger=False`): its values are "
-                "kept in `.history` only. Attach a logger, for example `TensorBoardLogger('runs')`.",
+                "kept in `.history` and `trainer.callback_metrics` only. Attach a logger, for example "
+                "`TensorBoardLogger('runs')`.",
             )
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -192,7 +193,7 @@ class _InflectMonitor(Callback):
         if session.members and session.members[0] is self:
             session.flush(before_step=trainer.global_step)  # the optimizer step is done: one transfer for its values
             for step, seconds in sorted(session.pop_overhead(trainer.global_step).items()):
-                self._log(trainer, {f"{self.log_key_prefix}/{OVERHEAD_KEY}": seconds * 1000.0}, step)
+                self._log(trainer, {run_key(self.log_key_prefix, OVERHEAD_MS): seconds * 1000.0}, step)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._session is not None:
@@ -229,8 +230,8 @@ class _InflectMonitor(Callback):
             rank_zero_warn(message)
 
     def _log(self, trainer: pl.Trainer, metrics: Mapping[str, float], step: int) -> None:
-        for logger in trainer.loggers:
-            logger.log_metrics(dict(metrics), step=step)
+        """To every logger and into ``trainer.callback_metrics`` (host values, after the step's one transfer)."""
+        log_metrics(trainer, metrics, step)
 
     def _record(
         self, trainer: pl.Trainer, metric: str, step: int, values: Sequence[float], unmeasured: Sequence[int] = ()
@@ -264,11 +265,12 @@ class _InflectMonitor(Callback):
             return
         self._heatmap_at[metric] = len(self.history[metric])
         values = self.history[metric].full().float().T  # (layers, logs)
-        log_heatmap(trainer.loggers, f"{self.log_key_prefix}/heatmap/{metric}", heatmap_image(values), step)
+        log_heatmap(trainer.loggers, run_key(self.log_key_prefix, HEATMAP, metric), heatmap_image(values), step)
 
-    def _charts(self) -> dict[str, list]:
-        p = self.log_key_prefix
-        return {m: ["Multiline", [rf"^{p}/{m}/layer_\d+$"]] for m in self.metrics}
+    @staticmethod
+    def _charts(monitor: InflectMonitor) -> dict[str, list]:
+        p = monitor.log_key_prefix
+        return {m: ["Multiline", [rf"^{p}/{m}/layer_\d+$"]] for m in monitor.metrics}
 
     def _write_layout(self, trainer: pl.Trainer, session: ProbeSession) -> None:
         writers = self._tensorboard(trainer)
@@ -276,10 +278,10 @@ class _InflectMonitor(Callback):
             return
         layout: dict[str, dict[str, list]] = {}
         for m in session.members:
-            layout.setdefault(m.log_key_prefix, {}).update(m._charts())
-        layout.setdefault(self.log_key_prefix, {})["overhead_ms"] = [
+            layout.setdefault(m.log_key_prefix, {}).update(self._charts(m))
+        layout.setdefault(self.log_key_prefix, {})[OVERHEAD_MS] = [
             "Multiline",
-            [rf"^{self.log_key_prefix}/{OVERHEAD_KEY}$"],
+            [rf"^{run_key(self.log_key_prefix, OVERHEAD_MS)}$"],
         ]
         for w in writers:
             w.add_custom_scalars(layout)

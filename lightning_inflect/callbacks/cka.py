@@ -13,6 +13,7 @@ from lightning_inflect.callbacks.base import _InflectMonitor
 from lightning_inflect.callbacks.session import ProbeSession
 from lightning_inflect.capture import PooledRequest, ProbeRequest
 from lightning_inflect.functional import pca_basis, shared_pca_cka
+from lightning_inflect.names import CKA_DRIFT, DEFAULT_PREFIX
 from lightning_inflect.validation import check_bool, check_choice, check_int
 
 __all__ = ["CKADriftMonitor"]
@@ -42,6 +43,10 @@ class CKADriftMonitor(_InflectMonitor):
     * ``inflect/overhead_ms``, the custom-scalars layout and the image ``inflect/heatmap/cka_drift`` as for
       :class:`~lightning_inflect.AttentionEntropyMonitor`.
 
+    The scalar keys are also in ``trainer.callback_metrics`` (latest value), as for
+    :class:`~lightning_inflect.AttentionEntropyMonitor`: ``EarlyStopping(monitor="inflect/cka_drift/layer_01",
+    mode="max", min_delta=..., check_on_train_epoch_end=True)`` stops when the drift stops growing (plateaus).
+
     Args:
         every_n_steps: log every N optimizer steps.
         layers: block indices to monitor; None for all.
@@ -59,7 +64,7 @@ class CKADriftMonitor(_InflectMonitor):
     """
 
     uses_probe = True
-    metrics = ("cka_drift",)
+    metrics = (CKA_DRIFT,)
 
     def __init__(
         self,
@@ -72,7 +77,7 @@ class CKADriftMonitor(_InflectMonitor):
         unbiased: bool = True,
         model_attr: str | None = None,
         layers_path: str | None = None,
-        log_key_prefix: str = "inflect",
+        log_key_prefix: str = DEFAULT_PREFIX,
         heatmap_every_n_logs: int = 5,
         probe: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
         probe_batches: int = 1,
@@ -132,7 +137,7 @@ class CKADriftMonitor(_InflectMonitor):
         if self.basis == "reference" and self._basis is None:
             self._basis = pca_basis(torch.cat(self.reference, -2), self.pca_components)  # all blocks at once
         cka = shared_pca_cka(self.reference, now, self.pca_components, self.basis, unbiased, self._basis)
-        self._emit(trainer, step, 1.0 - cka, lambda host: self._record(trainer, "cka_drift", step, host))
+        self._emit(trainer, step, 1.0 - cka, lambda host: self._record(trainer, CKA_DRIFT, step, host))
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()

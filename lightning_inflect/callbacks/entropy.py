@@ -8,10 +8,11 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 
-from lightning_inflect.callbacks.base import _InflectMonitor, layer_key
+from lightning_inflect.callbacks.base import _InflectMonitor
 from lightning_inflect.callbacks.session import ProbeSession
 from lightning_inflect.capture import EntropyRequest, ProbeRequest
 from lightning_inflect.functional import EntropySums
+from lightning_inflect.names import ATTN_ENTROPY, ATTN_ENTROPY_NORMALIZED, DEFAULT_PREFIX, layer_key
 from lightning_inflect.validation import check_bool, check_choice
 
 __all__ = ["AttentionEntropyMonitor"]
@@ -37,6 +38,11 @@ class AttentionEntropyMonitor(_InflectMonitor):
       ``heatmap_every_n_logs`` logs and at the end of training, to the loggers that take images (TensorBoard, W&B,
       any logger with Lightning's ``log_image``; not CSV): :mod:`lightning_inflect.callbacks.loggers`.
     * TensorBoard only: a custom-scalars layout (one chart, one curve per layer).
+
+    Every scalar key above is also in ``trainer.callback_metrics`` with its latest value (a 0-dim CPU float tensor,
+    on every rank), from the end of the optimizer step it was measured at: ``EarlyStopping`` and ``ModelCheckpoint``
+    can monitor it, for instance ``ModelCheckpoint(monitor="inflect/attn_entropy/layer_00", mode="max",
+    every_n_train_steps=1)`` (checked every step, written on a new best, right after the step measured).
 
     Args:
         every_n_steps: log every N optimizer steps (``trainer.global_step``), not batches.
@@ -75,7 +81,7 @@ class AttentionEntropyMonitor(_InflectMonitor):
         reduction: Literal["token", "example"] = "token",
         model_attr: str | None = None,
         layers_path: str | None = None,
-        log_key_prefix: str = "inflect",
+        log_key_prefix: str = DEFAULT_PREFIX,
         heatmap_every_n_logs: int = 5,
         probe: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
         probe_batches: int = 1,
@@ -84,7 +90,7 @@ class AttentionEntropyMonitor(_InflectMonitor):
         check_choice("reduction", reduction, ["token", "example"])
         check_bool("normalized", normalized)
         check_bool("per_head", per_head)
-        self.metrics = ("attn_entropy", "attn_entropy_normalized") if normalized else ("attn_entropy",)
+        self.metrics = (ATTN_ENTROPY, ATTN_ENTROPY_NORMALIZED) if normalized else (ATTN_ENTROPY,)
         super().__init__(
             every_n_steps=every_n_steps, layers=layers, model_attr=model_attr, layers_path=layers_path,
             log_key_prefix=log_key_prefix, heatmap_every_n_logs=heatmap_every_n_logs, probe=probe,
@@ -130,12 +136,12 @@ class AttentionEntropyMonitor(_InflectMonitor):
 
     def _record_host(self, trainer: pl.Trainer, step: int, host: list[float], heads: int) -> dict[str, float]:
         n = len(self.layers)
-        metrics = self._record(trainer, "attn_entropy", step, host[:n])
+        metrics = self._record(trainer, ATTN_ENTROPY, step, host[:n])
         if self.normalized:
-            metrics.update(self._record(trainer, "attn_entropy_normalized", step, host[n : 2 * n]))
+            metrics.update(self._record(trainer, ATTN_ENTROPY_NORMALIZED, step, host[n : 2 * n]))
         if self.per_head:
             flat = host[-n * heads :]
             for i, layer in enumerate(self.layers):
                 for h in range(heads):
-                    metrics[layer_key(self.log_key_prefix, "attn_entropy", layer, h)] = flat[i * heads + h]
+                    metrics[layer_key(self.log_key_prefix, ATTN_ENTROPY, layer, h)] = flat[i * heads + h]
         return metrics

@@ -14,6 +14,7 @@ from lightning_inflect.callbacks.base import _InflectMonitor
 from lightning_inflect.callbacks.session import ProbeSession
 from lightning_inflect.capture import ActivationGradCapture, mean_norms
 from lightning_inflect.capture.ranks import grad_norm_shares, sum_over_ranks, world_size
+from lightning_inflect.names import ACT_GRAD_NORM, DEFAULT_PREFIX, PARAM_GRAD_NORM
 
 __all__ = ["GradientNormMonitor"]
 
@@ -40,6 +41,9 @@ class GradientNormMonitor(_InflectMonitor):
     * ``inflect/overhead_ms``, the custom-scalars layout and the images ``inflect/heatmap/act_grad_norm`` and
       ``inflect/heatmap/param_grad_norm``, as for :class:`~lightning_inflect.AttentionEntropyMonitor`.
 
+    The scalar keys are also in ``trainer.callback_metrics`` (latest value), for ``EarlyStopping`` and
+    ``ModelCheckpoint``, as for :class:`~lightning_inflect.AttentionEntropyMonitor`.
+
     Args:
         every_n_steps: log every N optimizer steps (``trainer.global_step``).
         layers: block indices to monitor; None for all.
@@ -60,14 +64,14 @@ class GradientNormMonitor(_InflectMonitor):
         norms: Sequence[Norm] = ("activation", "parameter"),
         model_attr: str | None = None,
         layers_path: str | None = None,
-        log_key_prefix: str = "inflect",
+        log_key_prefix: str = DEFAULT_PREFIX,
         heatmap_every_n_logs: int = 5,
     ) -> None:
         allowed = ["activation", "parameter"]
         if isinstance(norms, str) or not norms or any(n not in allowed for n in norms):
             raise ValueError(f"Expected argument `norms` to be a non-empty list of {allowed} but got {norms!r}.")
         self.norms = tuple(n for n in allowed if n in norms)
-        self.metrics = tuple({"activation": "act_grad_norm", "parameter": "param_grad_norm"}[n] for n in self.norms)
+        self.metrics = tuple({"activation": ACT_GRAD_NORM, "parameter": PARAM_GRAD_NORM}[n] for n in self.norms)
         super().__init__(
             every_n_steps=every_n_steps, layers=layers, model_attr=model_attr, layers_path=layers_path,
             log_key_prefix=log_key_prefix, heatmap_every_n_logs=heatmap_every_n_logs,
@@ -144,9 +148,9 @@ class GradientNormMonitor(_InflectMonitor):
                     "nothing at or below them is trainable (for instance after freezing the backbone), so "
                     "autograd never computes it. `act_grad_norm` is logged as NaN there.",
                 )
-            metrics.update(self._record(trainer, "act_grad_norm", step, act, unmeasured))
+            metrics.update(self._record(trainer, ACT_GRAD_NORM, step, act, unmeasured))
         if "parameter" in self.norms:
-            metrics.update(self._record(trainer, "param_grad_norm", step, [math.sqrt(max(v, 0.0)) for v in host[:n]]))
+            metrics.update(self._record(trainer, PARAM_GRAD_NORM, step, [math.sqrt(max(v, 0.0)) for v in host[:n]]))
         return metrics
 
     @staticmethod

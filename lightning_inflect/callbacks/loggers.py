@@ -1,7 +1,9 @@
 """Which logger gets the monitors' heatmap images and the injection report, and through which call.
 
-Scalars need nothing here: every Lightning logger has ``log_metrics``. Images and text have no common Lightning
-interface, so each is sent the way the logger takes it, and a logger that takes neither is skipped without a word:
+Scalars go through :func:`log_metrics`: to every logger's ``log_metrics`` and into ``trainer.callback_metrics``
+(where ``EarlyStopping`` and ``ModelCheckpoint`` look for their ``monitor``). Images and text have no common
+Lightning interface, so each is sent the way the logger takes it, and a logger that takes neither is skipped without
+a word:
 
 * ``TensorBoardLogger``: images by ``experiment.add_image`` (CHW), text by ``experiment.add_text``.
 * ``WandbLogger``, and any logger with Lightning's keyword signatures ``log_image(key=, images=, step=)`` and
@@ -16,18 +18,53 @@ The callers write images and text on global rank 0 only.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from typing import Any
 
 import torch
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 
-__all__ = ["TEXT_COLUMN", "log_heatmap", "log_text", "takes_images", "takes_text"]
+__all__ = ["TEXT_COLUMN", "log_heatmap", "log_metrics", "log_text", "takes_images", "takes_text"]
 
 TEXT_COLUMN = "report"
 """The one column of the table that ``log_text`` loggers (W&B) receive the report in."""
 _IMAGE_KEYWORDS = ("key", "images", "step")
 _TEXT_KEYWORDS = ("key", "columns", "data", "step")
+
+
+def log_metrics(trainer: Any, metrics: Mapping[str, float], step: int) -> None:
+    """Log host ``metrics`` at ``step`` to every logger of ``trainer`` and put each, with its latest value, in
+    ``trainer.callback_metrics``, so that ``EarlyStopping(monitor=...)`` and ``ModelCheckpoint(monitor=...)`` can
+    use any inflect key.
+
+    Call it on every rank (the values are already the same on every rank): Lightning's loggers write on rank 0 only,
+    and every rank's ``EarlyStopping`` and ``ModelCheckpoint`` read their own ``callback_metrics``. The values are
+    Python floats, already on the host: they enter ``callback_metrics`` as 0-dim CPU tensors of Lightning's dtype for
+    logged values (the default dtype, at least float32), as ``self.log`` leaves them there, made from one host list
+    (no device transfer).
+
+    ``trainer.callback_metrics`` is, in Lightning 2.x, the logger connector's one dict: Lightning updates it
+    with what ``self.log`` logged (our keys stay, unless a ``LightningModule`` logs the same name) and replaces it
+    with an empty one only when ``fit``, ``validate``, ... start and around the sanity check, before any training
+    step. A ``trainer`` without a dict there (a stand-in in tests) gets the loggers' call only.
+
+    Example:
+        >>> from lightning.pytorch import Trainer
+        >>> trainer = Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
+        >>> log_metrics(trainer, {"inflect/cka_drift/layer_01": 0.25}, step=10)
+        >>> trainer.callback_metrics["inflect/cka_drift/layer_01"]
+        tensor(0.2500)
+    """
+    metrics = dict(metrics)
+    for logger in getattr(trainer, "loggers", None) or []:
+        logger.log_metrics(metrics, step=step)
+    store = getattr(trainer, "callback_metrics", None)
+    if not metrics or not isinstance(store, MutableMapping):
+        return
+    dtype = torch.get_default_dtype()
+    dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32  # as Lightning's `self.log`
+    values = torch.tensor(list(metrics.values()), dtype=dtype).unbind()  # CPU, from host floats: no transfer
+    store.update(zip(metrics, values))
 
 
 def _keyword_method(logger: Logger, name: str, keywords: tuple[str, ...]) -> Callable[..., Any] | None:
