@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from lightning_inflect.capture.eager import EagerStance
 from lightning_inflect.functional.norms import per_example_norm
 
 __all__ = ["ActivationGradCapture", "mean_norms"]
@@ -24,6 +25,9 @@ class ActivationGradCapture:
     tensor hook adds the per-example norms to one on-device vector (one row per block) and counts the examples on
     the host (a shape, not a value): no host synchronisation until the caller moves :meth:`read`'s sums.
     ``disarm()`` removes every hook; it is safe to call twice.
+
+    While armed, ``torch.compile`` is held off (:class:`~lightning_inflect.capture.eager.EagerStance`): the armed
+    step runs eagerly, so dynamo never traces these hooks into the compiled code of the other steps.
 
     Example:
         >>> blocks = nn.ModuleList([nn.Linear(3, 3), nn.Linear(3, 3)])
@@ -46,6 +50,7 @@ class ActivationGradCapture:
         self._sums: Tensor | None = None
         self._counts = [0] * len(self.layers)
         self.seconds = 0.0
+        self._stance = EagerStance()
 
     @property
     def armed(self) -> bool:
@@ -54,6 +59,7 @@ class ActivationGradCapture:
     def arm(self) -> None:
         if self.armed:
             return
+        self._stance.hold()
         for layer in self.layers:
             self._handles.append(self.blocks[layer].register_forward_hook(self._forward_hook(layer)))
 
@@ -69,6 +75,7 @@ class ActivationGradCapture:
         self._handles.clear()
         self._tensor_handles.clear()
         self._seen.clear()
+        self._stance.release()
 
     def reset(self) -> None:
         self._sums = None

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from lightning_inflect.capture.attention import capture_attention_entropy
 from lightning_inflect.capture.contract import ProbeRequest, ProbeResult, merge_requests
+from lightning_inflect.capture.eager import force_eager
 from lightning_inflect.functional.entropy import EntropySums, entropy_from_probs, reduce_entropy
 
 __all__ = ["default_model_inputs", "eval_mode", "no_fastpath", "pool_hidden", "run_probe", "to_device"]
@@ -212,7 +213,8 @@ def _probe_pass(
 
     handles = _pool_hooks(blocks, pooled, per_batch, current_mask)
     try:
-        with eval_mode(model), torch.no_grad(), no_fastpath():
+        # force_eager: a model compiled in place (`model.compile()`) is not traced again for the probe
+        with eval_mode(model), torch.no_grad(), no_fastpath(), force_eager():
             for batch in batches:
                 mask = batch.get("attention_mask")
                 current_mask[0] = mask if isinstance(mask, Tensor) and mask.dim() == 2 else None
