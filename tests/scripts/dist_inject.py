@@ -125,7 +125,7 @@ def fit(kind: str, out: Path, name: str, ckpt: Path | None, distributed_checkpoi
     torch.save(
         {
             "record": inj.record.to_dict(),
-            "restored": inj._restored is not None,
+            "restored": inj._resumed,
             "before": before.logits,
             "after": after.logits,
             "state": after.state,
