@@ -10,7 +10,7 @@ import torch
 from conftest import ClsModule, loader, tiny_model
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from lightning_inflect import InjectionCallback
+from lightning_inflect import CKADriftMonitor, GradientNormMonitor, InjectionCallback
 from lightning_inflect.validation import CheckpointStateError
 
 
@@ -78,3 +78,56 @@ def test_undamaged_injection_state_resumes(trainer_factory, tmp_path):
     again = InjectionCallback(layers=[0], at_step=1)
     trainer_factory([again], max_steps=4).fit(ClsModule(tiny_model("bert", seed=3)), loader(16), ckpt_path=path)
     assert again.injected and again.record.step == 1
+
+
+def _rows(s, change):
+    return {**s, "history": {m: {**h, "values": [change(r) for r in h["values"]]} for m, h in s["history"].items()}}
+
+
+MONITOR_DAMAGE = {
+    "a string": (lambda s: "history", "expected a dict with 'history'"),
+    "a list": (lambda s: [s["history"]], "expected a dict with 'history'"),
+    "wrong keys": (lambda s: {"histories": s["history"]}, "expected a dict with 'history'"),
+    "a tensor": (lambda s: torch.zeros(3, 2), "tensor of shape (3, 2)"),
+    "history of a string": (lambda s: {**s, "history": "?"}, "expected a dict from each of ['cka_drift']"),
+    "unknown metric": (lambda s: {**s, "history": {"drift": s["history"]["cka_drift"]}}, "from each of ['cka_drift']"),
+    "rows too short": (lambda s: _rows(s, lambda r: r[:-1]), "one list of 3 numbers per step"),
+    "rows of strings": (lambda s: _rows(s, lambda r: ["?"] * len(r)), "one list of 3 numbers per step"),
+    "other blocks": (
+        lambda s: {**s, "history": {"cka_drift": {**s["history"]["cka_drift"], "blocks": [0, 1, 5]}}},
+        "'blocks' equal to the monitored blocks [0, 1, 2]",
+    ),
+    "probe step": (lambda s: {**s, "last_probe_step": "2"}, "`last_probe_step` is '2', expected None or an int"),
+    "probe of a string": (lambda s: {**s, "probe": "batch"}, "expected a list of batches"),
+    "reference of a dict": (lambda s: {**s, "reference": "x"}, "`reference` is 'x', expected a list of tensors"),
+    "reference of a wrong shape": (lambda s: {**s, "reference": [torch.zeros(3, 2)]}, "a tensor of shape (3 blocks"),
+}
+
+
+def _cka():
+    return CKADriftMonitor(every_n_steps=1)
+
+
+@pytest.mark.parametrize("case", sorted(MONITOR_DAMAGE))
+def test_damaged_monitor_state_is_refused_before_anything_changes(trainer_factory, tmp_path, case):
+    damage, expected = MONITOR_DAMAGE[case]
+    path = _saved(trainer_factory, tmp_path, [_cka()])
+    _damage(path, _cka().state_key, damage)
+    _refused(trainer_factory, path, _cka(), expected)
+
+
+def test_damaged_gradient_monitor_state_is_refused(trainer_factory, tmp_path):
+    monitor = GradientNormMonitor(every_n_steps=1)
+    path = _saved(trainer_factory, tmp_path, [monitor])
+    _damage(path, monitor.state_key, lambda s: {**s, "history": {"cka_drift": s["history"]["act_grad_norm"]}})
+    _refused(trainer_factory, path, GradientNormMonitor(every_n_steps=1), "['act_grad_norm', 'param_grad_norm']")
+
+
+def test_undamaged_monitor_state_resumes_its_history(trainer_factory, tmp_path):
+    saved = _cka()
+    path = _saved(trainer_factory, tmp_path, [saved])
+    again = _cka()
+    trainer_factory([again], max_steps=4).fit(ClsModule(tiny_model("bert", seed=3)), loader(16), ckpt_path=path)
+    history = again.history["cka_drift"]
+    assert history.steps == [0, 1, 2, 3]
+    assert history.rows[:2] == saved.history["cka_drift"].rows

@@ -13,9 +13,12 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_inflect.architectures import check_layer_indices
+from lightning_inflect.callbacks.lightning_internals import callback_state_in_checkpoint, tensor_parallel_size
 from lightning_inflect.callbacks.loggers import log_heatmap, log_metrics, takes_images
+from lightning_inflect.callbacks.resume import before_weights_load_hooks, remove_hooks
 from lightning_inflect.callbacks.session import ProbeSession
 from lightning_inflect.capture import ProbeRequest
+from lightning_inflect.checkpoint_state import check_monitor_state
 from lightning_inflect.functional import heatmap_image
 from lightning_inflect.history import MetricHistory
 from lightning_inflect.monitor import InflectMonitor
@@ -105,6 +108,9 @@ class _InflectMonitor(Callback):
         self.probe_inputs = probe_inputs
         self.layers: list[int] = []
         self._session: ProbeSession | None = None
+        self._load_hooks: tuple[Any, ...] = ()
+        self._state_checked = False
+        self._checkpoint: Any = None  # the checkpoint being resumed from, for the errors
         self._warned: set[str] = set()
         self._reset_fit_state()
 
@@ -151,7 +157,7 @@ class _InflectMonitor(Callback):
                 "are the single-device strategy, DDP and FSDP2 (`ModelParallelStrategy(data_parallel_size=N, "
                 "tensor_parallel_size=1)` with `fully_shard` in `configure_model`)."
             )
-        tensor_parallel = getattr(trainer.strategy, "_tensor_parallel_size", 1)
+        tensor_parallel = tensor_parallel_size(trainer.strategy)
         if tensor_parallel != 1:
             raise ValueError(
                 f"{type(self).__name__} combines its values over data-parallel ranks, but the strategy has "
@@ -161,6 +167,10 @@ class _InflectMonitor(Callback):
         self._session = ProbeSession.attach(trainer, pl_module, self)
         self.layers = check_layer_indices(self.layers_arg, self._session.info.num_layers)
         self._reset_fit_state()
+        # A resume checks the saved state whole before Lightning loads the weights (it hands the callbacks their
+        # state only after): a damaged state is refused before anything of the model or the optimizer changes.
+        self._state_checked = False
+        self._load_hooks = before_weights_load_hooks(pl_module, lambda *args: self._before_weights_load(trainer))
         if not trainer.loggers:
             self._warn_once(
                 "no_logger",
@@ -169,6 +179,25 @@ class _InflectMonitor(Callback):
                 "`TensorBoardLogger('runs')`.",
             )
 
+    def _before_weights_load(self, trainer: pl.Trainer) -> None:
+        if self._state_checked:
+            return
+        self._state_checked = True
+        self._checkpoint = trainer.ckpt_path
+        found, state = callback_state_in_checkpoint(trainer, self.state_key)
+        if found:
+            self._check_state(state)
+
+    def _check_state(self, state: Any) -> None:
+        """Refuse a saved ``state`` that is not what this monitor saves (:func:`check_monitor_state`)."""
+        check_monitor_state(
+            state,
+            owner=f"{type(self).__name__} (state key {self.state_key!r})",
+            metrics=self.metrics,
+            layers=self.layers,
+            checkpoint=self._checkpoint,
+        )
+
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         session = self._require_session()
         if self.uses_probe and session.probe_owner is self and self.probe is not None and not session.probe_complete:
@@ -176,6 +205,9 @@ class _InflectMonitor(Callback):
             session.probe(-1, trainer)  # fails now, with a clear error, if the model cannot take the probe
         if session.members and session.members[0] is self and trainer.is_global_zero:
             self._write_layout(trainer, session)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._load_hooks = remove_hooks(self._load_hooks)  # every strategy has loaded the checkpoint by now
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int):
         session = self._require_session()
@@ -215,6 +247,7 @@ class _InflectMonitor(Callback):
         self._cleanup(trainer)
 
     def _cleanup(self, trainer: pl.Trainer) -> None:
+        self._load_hooks = remove_hooks(self._load_hooks)
         ProbeSession.detach(trainer, self)
         self._session = None
 
@@ -307,6 +340,7 @@ class _InflectMonitor(Callback):
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._check_state(state_dict)  # already checked before the weights loaded, when Lightning resumes a fit
         for metric, hist in state_dict.get("history", {}).items():
             if metric in self.history:
                 self.history[metric] = MetricHistory.from_state(hist, blocks=self.layers)

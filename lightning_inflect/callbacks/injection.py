@@ -19,7 +19,6 @@ from lightning_inflect.architectures import (
     find_hf_model,
     find_layers,
 )
-from lightning_inflect.callbacks.base import _InflectMonitor
 from lightning_inflect.callbacks.injection_sharded import (
     attach_dormant,
     check_sharded,
@@ -29,6 +28,7 @@ from lightning_inflect.callbacks.injection_sharded import (
 )
 from lightning_inflect.callbacks.injection_state import report_injection
 from lightning_inflect.callbacks.lightning_internals import callback_state_in_checkpoint
+from lightning_inflect.callbacks.resume import before_weights_load_hooks, remove_hooks
 from lightning_inflect.callbacks.selector_inputs import SelectorInputs
 from lightning_inflect.injection import (
     ADAPTER_NAME,
@@ -46,6 +46,8 @@ from lightning_inflect.injection import (
     resolve_targets,
     retarget_optimizer,
 )
+from lightning_inflect.monitor import InflectMonitor
+from lightning_inflect.names import ACT_GRAD_NORM, DEFAULT_PREFIX, PARAM_GRAD_NORM
 from lightning_inflect.selection import SKI, GradientSuppressionTrigger, Selection, Selector, select_or_fall_back
 from lightning_inflect.validation import (
     CheckpointStateError,
@@ -142,19 +144,12 @@ def _check_fit(
     if sharded(trainer):
         check_sharded(strategy, merged)
     if trigger is not None and not any(
-        isinstance(cb, _InflectMonitor) and "act_grad_norm" in cb.history for cb in _callbacks(trainer)
+        isinstance(cb, InflectMonitor) and ACT_GRAD_NORM in cb.metrics for cb in _callbacks(trainer)
     ):
         raise ValueError(
             "`trigger=` reads activation-gradient norms: add `GradientNormMonitor(every_n_steps=...)` (with "
             "'activation' in its `norms`) to the Trainer's callbacks."
         )
-
-
-def _before_weights_load_hooks(pl_module: pl.LightningModule, hook: Callable[..., None]) -> tuple[Any, ...]:
-    """``hook`` as a pre-hook of ``pl_module``'s ``load_state_dict``, and of its first module that owns parameters:
-    FSDP2's full-checkpoint load fills each such module on its own, never through the LightningModule."""
-    owners = [m for m in pl_module.modules() if next(m.parameters(recurse=False), None) is not None]
-    return tuple(m.register_load_state_dict_pre_hook(hook) for m in [pl_module, *owners[:1]])
 
 
 def _default_export_dir(trainer: pl.Trainer) -> str:
@@ -251,6 +246,9 @@ class InjectionCallback(Callback):
     * text ``inflect/injection`` (TensorBoard, W&B: :mod:`lightning_inflect.callbacks.loggers`): chosen blocks,
       reason, injected module names, parameter counts.
 
+    The two scalars also go into ``trainer.callback_metrics`` (0-dim CPU tensors, on every rank), like the
+    monitors' values, so that ``EarlyStopping`` or ``ModelCheckpoint`` can read them after the injection step.
+
     Args:
         auto: choose the blocks with ``selector`` (default ``SKI()``).
         layers: the blocks to adapt (negative from the end); excludes ``auto``.
@@ -336,7 +334,7 @@ class InjectionCallback(Callback):
         export_dir: str | Path | None = None,
         model_attr: str | None = None,
         layers_path: str | None = None,
-        log_key_prefix: str = "inflect",
+        log_key_prefix: str = DEFAULT_PREFIX,
         adapter_name: str = ADAPTER_NAME,
         probe_inputs: Callable[[Any], Mapping[str, Any]] | None = None,
         train_user_adapters: bool = True,
@@ -418,7 +416,7 @@ class InjectionCallback(Callback):
         # Lightning restores the weights before the callbacks' state and names the checkpoint only after `setup`:
         # enter a saved state just before the LightningModule's weights are loaded.
         self._checkpoint_read = False
-        self._load_hooks = _before_weights_load_hooks(pl_module, self._before_weights_load)
+        self._load_hooks = before_weights_load_hooks(pl_module, self._before_weights_load)
 
     def _plan(self, layers: list[int], **fields: Any) -> InjectionRecord:
         fit = self._inputs()
@@ -470,9 +468,7 @@ class InjectionCallback(Callback):
             _retarget_optimizers(fit.trainer, fit.trainer.lightning_module, lora)
 
     def _remove_load_hooks(self) -> None:
-        for hook in self._load_hooks:
-            hook.remove()
-        self._load_hooks = ()
+        self._load_hooks = remove_hooks(self._load_hooks)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not sharded(trainer):  # FSDP2 loads the checkpoint after this hook
@@ -508,13 +504,13 @@ class InjectionCallback(Callback):
             return
         inputs = self._inputs()
         grads = inputs.grads
-        if self.auto and step == self.planned_step - 1 and inputs.needs_own("act_grad_norm"):
+        if self.auto and step == self.planned_step - 1 and inputs.needs_own(ACT_GRAD_NORM):
             grads.arm()
         if self._boundary and (life.due(step) or self._trigger_fired()):
             if (
                 self.auto
                 and not grads.armed
-                and any(inputs.needs_own(m) and m not in grads.collected for m in ("act_grad_norm", "param_grad_norm"))
+                and any(inputs.needs_own(m) and m not in grads.collected for m in (ACT_GRAD_NORM, PARAM_GRAD_NORM))
             ):
                 # The selector needs gradients nobody logged and this step was not foreseen (at_epoch, a trigger,
                 # step 0, a resume): probe this step's backward and inject at the next one.
@@ -527,7 +523,7 @@ class InjectionCallback(Callback):
         if not self.lifecycle.pending or self.planned_step is None or trainer.global_step != self.planned_step - 1:
             return
         inputs = self._inputs()
-        inputs.grads.collect(parameters=self.auto and inputs.needs_own("param_grad_norm"))
+        inputs.grads.collect(parameters=self.auto and inputs.needs_own(PARAM_GRAD_NORM))
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, i: int):
         self._boundary = trainer.global_step != self._step_at_start
