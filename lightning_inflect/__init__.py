@@ -26,6 +26,7 @@ from lightning_inflect.selection import (
     TopK,
     Uniform,
 )
+from lightning_inflect.validation import CheckpointStateError
 
 __version__ = "0.1.0"
 
@@ -35,6 +36,7 @@ __all__ = [
     *_CALLBACKS,
     "SKI",
     "CKAImportance",
+    "CheckpointStateError",
     "GradientProbe",
     "InflectMonitor",
     "LayerDiscoveryError",

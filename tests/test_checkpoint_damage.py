@@ -10,8 +10,7 @@ import torch
 from conftest import ClsModule, loader, tiny_model
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from lightning_inflect import CKADriftMonitor, GradientNormMonitor, InjectionCallback
-from lightning_inflect.validation import CheckpointStateError
+from lightning_inflect import CheckpointStateError, CKADriftMonitor, GradientNormMonitor, InjectionCallback
 
 
 class Steps(Callback):
