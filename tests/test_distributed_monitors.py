@@ -15,6 +15,7 @@ from conftest import ClsModule, tiny_model
 from scripts.dist_monitors import LR, all_monitors, peaked_bert
 
 from lightning_inflect.capture.ranks import cat_over_ranks, split_by_placement, sum_over_ranks, world_size
+from lightning_inflect.names import DEFAULT_PREFIX, OVERHEAD_MS, layer_key, run_key
 
 SCRIPT = Path(__file__).parent / "scripts" / "dist_monitors.py"
 
@@ -67,6 +68,16 @@ def test_every_value_equals_one_process_over_the_union_of_the_ranks_examples(kin
         got = torch.tensor(r0["history"][metric], dtype=torch.float64)
         assert expected.shape == got.shape == (3, 3), metric
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-7, msg=metric)
+    # every rank has each value's latest (the history's last row) in callback_metrics, as `self.log` leaves it
+    layers = {k for k in r0["callback_metrics"] if "/layer_" in k}
+    assert layers == {layer_key(DEFAULT_PREFIX, m, i) for m in reference for i in range(3)}
+    for rank in (r0, r1):
+        assert layers | {run_key(DEFAULT_PREFIX, OVERHEAD_MS)} == set(rank["callback_metrics"])
+        for metric in reference:
+            for i in range(3):
+                dtype, device, dim, value = rank["callback_metrics"][layer_key(DEFAULT_PREFIX, metric, i)]
+                assert (dtype, device, dim) == (torch.float32, "cpu", 0)
+                assert value == pytest.approx(rank["history"][metric][-1][i], rel=1e-6), (metric, i)
     # one collective per monitor and logging step (3 steps, 3 monitors), and one exchange of the probe per fit
     for rank in (r0, r1):
         calls = rank["calls"]

@@ -94,7 +94,9 @@ def main() -> None:
     )  # fmt: skip
     trainer.fit(module, loader(2 * PER_RANK * STEPS, batch_size=PER_RANK))
     history = {m: h.rows for mon in monitors for m, h in mon.history.items()}
-    state = {"history": history, "calls": dict(CALLS), "batches": batches.seen}
+    logged = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("inflect/")}
+    metrics = {k: (v.dtype, v.device.type, v.dim(), v.item()) for k, v in logged.items()}  # what EarlyStopping reads
+    state = {"history": history, "calls": dict(CALLS), "batches": batches.seen, "callback_metrics": metrics}
     torch.save(state, out / f"rank{trainer.global_rank}.pt")
 
 
