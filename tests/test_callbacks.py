@@ -16,7 +16,7 @@ from tensorboard.plugins.custom_scalar import layout_pb2
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
 
 from lightning_inflect import AttentionEntropyMonitor, CKADriftMonitor, GradientNormMonitor, LayerDiscoveryError
-from lightning_inflect.callbacks import session as session_mod
+from lightning_inflect.core import session as session_mod
 
 
 def _all(every=2, **kw):

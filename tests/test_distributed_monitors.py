@@ -96,7 +96,7 @@ def test_without_a_process_group_the_rank_functions_are_the_identity():
 
 def test_a_probe_taken_on_other_ranks_resumes_only_with_as_many_ranks():
     from lightning_inflect.architectures import find_layers
-    from lightning_inflect.callbacks.session import ProbeSession
+    from lightning_inflect.core.session import ProbeSession
 
     model = tiny_model("bert")
     session = ProbeSession(model, "model", find_layers(model))

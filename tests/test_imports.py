@@ -19,6 +19,7 @@ import pytest
         "lightning_inflect.injection",
         "lightning_inflect.names",
         "lightning_inflect.monitor",
+        "lightning_inflect.core",  # the monitors' logic, shared by every training loop's glue
     ],
 )
 def test_pure_packages_do_not_import_lightning_or_peft(package):

@@ -16,6 +16,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lightning_inflect import AttentionEntropyMonitor, GradientNormMonitor, InjectionCallback
+from lightning_inflect.callbacks.base import LightningHost
 from lightning_inflect.callbacks.injection_state import report_injection
 from lightning_inflect.callbacks.loggers import TEXT_COLUMN, log_heatmap, log_text, takes_images, takes_text
 from lightning_inflect.functional import heatmap_image
@@ -213,7 +214,7 @@ def test_only_rank_zero_writes_images_and_text():
         mon = AttentionEntropyMonitor(every_n_steps=1, heatmap_every_n_logs=1)
         mon.layers = [0, 1]
         mon._reset_fit_state()
-        mon._record(trainer, "attn_entropy", 0, [1.0, 2.0])  # type: ignore[arg-type]
+        mon._record(LightningHost(trainer), "attn_entropy", 0, [1.0, 2.0])  # type: ignore[arg-type]
         kinds = [c[0] for c in rec.calls]
         assert kinds == (["metrics", "text", "image"] if rank_zero else ["metrics"])
 

@@ -9,8 +9,8 @@ import lightning.pytorch as pl
 from torch import nn
 
 from lightning_inflect.architectures import LayerInfo
-from lightning_inflect.callbacks.session import ProbeSession, flush_monitors
 from lightning_inflect.capture import default_model_inputs, to_device
+from lightning_inflect.core.session import ProbeSession, flush_monitors
 from lightning_inflect.history import MetricHistory
 from lightning_inflect.injection import PROBE_METRICS, StepGradients, probe_diagnostics
 from lightning_inflect.monitor import InflectMonitor

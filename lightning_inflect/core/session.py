@@ -1,8 +1,9 @@
-"""What the monitors attached to one Trainer share: the model discovery, the probe, the host transfer, the clock.
+"""What the monitors attached to one training run share: the model discovery, the probe, the host transfer, the clock.
 
-Several monitors on one ``Trainer`` must cost one probe forward per logging step, not one each, and one
+Several monitors on one trainer must cost one probe forward per logging step, not one each, and one
 device-to-host transfer, not one each. The first monitor set up on a trainer creates a :class:`ProbeSession`; the
-others join it.
+others join it. A session is keyed by the training loop's own object (the Lightning ``Trainer``, the Hugging Face
+``Trainer``'s state, ...): no training framework is imported here.
 
 * **Probe.** Each monitor declares its needs as typed requests (:meth:`InflectMonitor.probe_requests
   <lightning_inflect.monitor.InflectMonitor.probe_requests>`, see
@@ -38,8 +39,6 @@ from lightning_inflect.capture import (
 from lightning_inflect.capture.ranks import cat_over_ranks, sum_over_ranks, world_size
 
 if TYPE_CHECKING:
-    import lightning.pytorch as pl
-
     from lightning_inflect.monitor import InflectMonitor
 
 __all__ = ["ProbeSession", "flush_monitors"]
@@ -87,10 +86,12 @@ class ProbeSession:
 
     # ----------------------------------------------------------------------------------------------- discovery
     @classmethod
-    def attach(cls, trainer: pl.Trainer, pl_module: pl.LightningModule, monitor: InflectMonitor) -> ProbeSession:
+    def attach(cls, trainer: Any, root: nn.Module, monitor: InflectMonitor) -> ProbeSession:
+        """The session of ``trainer`` (any hashable key of one run) that ``monitor`` joins, created by the first
+        monitor; ``root`` is the module that holds the Hugging Face model (a LightningModule, or the model itself)."""
         session = _SESSIONS.get(trainer)
-        if session is None or session.hf_model not in set(pl_module.modules()):
-            attr, hf_model = find_hf_model(pl_module, monitor.model_attr)
+        if session is None or session.hf_model not in set(root.modules()):
+            attr, hf_model = find_hf_model(root, monitor.model_attr)
             info = find_layers(hf_model, monitor.layers_path)
             session = cls(hf_model, attr, info)
             _SESSIONS[trainer] = session
@@ -128,7 +129,7 @@ class ProbeSession:
         return session
 
     @staticmethod
-    def detach(trainer: pl.Trainer, monitor: InflectMonitor) -> None:
+    def detach(trainer: Any, monitor: InflectMonitor) -> None:
         session = _SESSIONS.get(trainer)
         if session is None:
             return
@@ -225,14 +226,15 @@ class ProbeSession:
         chunks = [c.split(sizes, -2) for c, sizes in zip(gathered.split(totals, -2), self.rank_sizes)]
         return [torch.cat([chunk[b] for chunk in chunks], -2) for b in range(len(per_batch))]
 
-    def probe(self, step: int, trainer: pl.Trainer) -> ProbeResult:
+    def probe(self, step: int, precision_context: Callable[[], Any] | None = None) -> ProbeResult:
         """The probe result of ``step``: one forward per probe batch for the merged requests of the monitors due
-        at ``step``, run on first request and cached for the others."""
+        at ``step``, run on first request and cached for the others; under ``precision_context`` (the training
+        loop's autocast, a context-manager factory) when given."""
         if self._result_step == step and self._result is not None:
             return self._result
         due = [m for m in self.members if m.uses_probe and m.due(step)]
         requests: list[ProbeRequest] = [r for m in due for r in m.probe_requests()]
-        result = self.run(self.probe_batches, requests, trainer.precision_plugin.forward_context)
+        result = self.run(self.probe_batches, requests, precision_context)
         self._result_step, self._result = step, result
         return result
 
@@ -270,7 +272,7 @@ class ProbeSession:
         return result
 
     @classmethod
-    def of(cls, trainer: pl.Trainer, hf_model: nn.Module, info: LayerInfo) -> ProbeSession:
+    def of(cls, trainer: Any, hf_model: nn.Module, info: LayerInfo) -> ProbeSession:
         """The session of the monitors on ``trainer`` when they watch ``hf_model``, else one of its own (not shared:
         it carries no monitors)."""
         session = _SESSIONS.get(trainer)
@@ -320,7 +322,7 @@ class ProbeSession:
         return done
 
 
-def flush_monitors(trainer: pl.Trainer) -> None:
+def flush_monitors(trainer: Any) -> None:
     """Bring every inflect monitor's ``.history`` on ``trainer`` up to date (one transfer for all of them)."""
     session = _SESSIONS.get(trainer)
     if session is not None:
