@@ -130,3 +130,26 @@ def test_undamaged_monitor_state_resumes_its_history(trainer_factory, tmp_path):
     history = again.history["cka_drift"]
     assert history.steps == [0, 1, 2, 3]
     assert history.rows[:2] == saved.history["cka_drift"].rows
+
+
+def test_adapter_weights_without_the_callbacks_state_are_refused(trainer_factory, tmp_path):
+    path = _saved(trainer_factory, tmp_path, [InjectionCallback(layers=[0], at_step=1)])  # injected at step 1
+    other = InjectionCallback(layers=[0], at_step=3)  # another state key: the checkpoint holds no state of it
+    _refused_weights(trainer_factory, path, other, "holds LoRA weights of adapter 'inflect' but no state of")
+
+
+def test_a_state_that_contradicts_the_weights_is_refused(trainer_factory, tmp_path):
+    path = _saved(trainer_factory, tmp_path, [InjectionCallback(layers=[0], at_step=1)])
+    _damage(path, InjectionCallback(layers=[0], at_step=1).state_key,
+            lambda s: {"phase": "waiting", "record": None, "planned_step": 1})  # fmt: skip
+    _refused_weights(trainer_factory, path, InjectionCallback(layers=[0], at_step=1),
+                     "its state says 'waiting' but the model's weights hold adapter 'inflect'")  # fmt: skip
+
+
+def _refused_weights(trainer_factory, path: str, callback, expected: str) -> None:
+    steps = Steps()
+    with pytest.raises(CheckpointStateError) as err:
+        trainer_factory([steps, callback], max_steps=4).fit(ClsModule(tiny_model("bert", seed=3)), loader(16),
+                                                            ckpt_path=path)  # fmt: skip
+    assert path in str(err.value) and expected in str(err.value), str(err.value)
+    assert steps.batches == 0

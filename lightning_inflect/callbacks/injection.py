@@ -152,6 +152,24 @@ def _check_fit(
         )
 
 
+def _check_weights_match_state(cb: InjectionCallback, ckpt: Any, found: bool, ours: bool) -> None:
+    """A checkpoint's weights hold ``cb``'s adapter (``ours``) exactly when its saved state (``found``) says the
+    injection happened; anything else was written by other code or edited."""
+    if not found and ours:
+        raise CheckpointStateError(
+            f"The checkpoint {ckpt!r} holds LoRA weights of adapter {cb.adapter_name!r} but no state of "
+            f"InjectionCallback {cb.state_key!r}: resume with the InjectionCallback arguments "
+            "(at_step/at_epoch/at_fraction) that made it."
+        )
+    if found and ours != cb.injected:
+        held = "hold" if ours else "do not hold"
+        raise CheckpointStateError(
+            f"{cb.lifecycle.owner} cannot resume from {ckpt!r}: its state says {cb.lifecycle.phase.value!r} but the "
+            f"model's weights {held} adapter {cb.adapter_name!r}. The checkpoint was written by other code or "
+            "edited; resume from another checkpoint."
+        )
+
+
 def _default_export_dir(trainer: pl.Trainer) -> str:
     """The checkpoint folder, else the log folder, else the Trainer's root folder."""
     ckpt_dir = getattr(trainer.checkpoint_callback, "dirpath", None)
@@ -439,22 +457,9 @@ class InjectionCallback(Callback):
                 self._enter_saved(fit, state, dormant=True)
             return
         ours = any(".lora_" in k and f".{self.adapter_name}." in k for k in state_dict)  # not a model's own adapters
-        if not found:
-            if ours:
-                raise CheckpointStateError(
-                    f"The checkpoint {fit.trainer.ckpt_path!r} holds LoRA weights of adapter {self.adapter_name!r} "
-                    f"but no state of InjectionCallback {self.state_key!r}: resume with the InjectionCallback "
-                    "arguments (at_step/at_epoch/at_fraction) that made it."
-                )
-            return
-        self._enter_saved(fit, state, dormant=False)
-        if ours != self.injected:
-            held = "holds" if ours else "does not hold"
-            raise CheckpointStateError(
-                f"{self.lifecycle.owner} cannot resume from {fit.trainer.ckpt_path!r}: its state says "
-                f"{self.lifecycle.phase.value!r} but the model's weights {held} adapter {self.adapter_name!r}. The "
-                "checkpoint was written by other code or edited; resume from another checkpoint."
-            )
+        if found:
+            self._enter_saved(fit, state, dormant=False)
+        _check_weights_match_state(self, fit.trainer.ckpt_path, found, ours)
 
     def _enter_saved(self, fit: SelectorInputs, state: Any, dormant: bool) -> None:
         ckpt = fit.trainer.ckpt_path
