@@ -17,8 +17,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from lightning_inflect import AttentionEntropyMonitor, GradientNormMonitor, InjectionCallback
 from lightning_inflect.callbacks.base import LightningHost
-from lightning_inflect.callbacks.injection_state import report_injection
+from lightning_inflect.callbacks.injection import LightningInjectionHost
 from lightning_inflect.callbacks.loggers import TEXT_COLUMN, log_heatmap, log_text, takes_images, takes_text
+from lightning_inflect.core.injection import report_injection
 from lightning_inflect.functional import heatmap_image
 from lightning_inflect.injection import InjectionRecord
 
@@ -210,7 +211,7 @@ def test_only_rank_zero_writes_images_and_text():
     for rank_zero in (True, False):
         rec = Recorder()
         trainer = SimpleNamespace(loggers=[rec], is_global_zero=rank_zero)
-        report_injection(trainer, record, "inflect", lora_numel=4)  # type: ignore[arg-type]
+        report_injection(LightningInjectionHost(trainer), record, "inflect", lora_numel=4)  # type: ignore[arg-type]
         mon = AttentionEntropyMonitor(every_n_steps=1, heatmap_every_n_logs=1)
         mon.layers = [0, 1]
         mon._reset_fit_state()
@@ -230,7 +231,7 @@ def test_the_injection_report_reaches_every_logger_and_callback_metrics(tmp_path
     rec = Recorder()
     trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.loggers = [rec]  # type: ignore[list-item]
-    report_injection(trainer, record, "inflect", lora_numel=4)
+    report_injection(LightningInjectionHost(trainer), record, "inflect", lora_numel=4)
     expected = {"inflect/trainable_params": 4.0, **{f"inflect/inflection_score/layer_{i:02d}": s for i, s in
                                                      enumerate([0.25, 1.0, 0.5])}}  # fmt: skip
     assert ("metrics", expected, 2) in rec.calls

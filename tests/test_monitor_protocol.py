@@ -11,7 +11,7 @@ from conftest import tiny_model
 
 from lightning_inflect import SKI, AttentionEntropyMonitor, CKADriftMonitor, GradientNormMonitor, InflectMonitor
 from lightning_inflect.architectures import find_layers
-from lightning_inflect.callbacks.selector_inputs import SelectorInputs
+from lightning_inflect.core.selector_inputs import SelectorInputs
 from lightning_inflect.core.session import ProbeSession
 from lightning_inflect.history import MetricHistory
 from lightning_inflect.names import ACT_GRAD_NORM, ATTN_ENTROPY, CKA_DRIFT, layer_key

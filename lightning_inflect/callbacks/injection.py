@@ -1,24 +1,22 @@
-"""InjectionCallback: partway through training, freeze the backbone and attach LoRA at the chosen blocks."""
+"""InjectionCallback: partway through training, freeze the backbone and attach LoRA at the chosen blocks.
+
+Lightning glue over :class:`~lightning_inflect.core.injection.InjectionCore`: the Trainer's checks, FSDP2's dormant
+adapters and the resume's early state entry are Lightning's own; what to inject, when, and the state are the core's.
+"""
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Mapping
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy, SingleDeviceStrategy
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info
 
-from lightning_inflect.architectures import (
-    LayerInfo,
-    check_layer_indices,
-    find_hf_model,
-    find_layers,
-)
+from lightning_inflect.architectures import check_layer_indices
+from lightning_inflect.callbacks.base import LightningHost
 from lightning_inflect.callbacks.injection_sharded import (
     attach_dormant,
     check_sharded,
@@ -26,108 +24,17 @@ from lightning_inflect.callbacks.injection_sharded import (
     reshard,
     sharded,
 )
-from lightning_inflect.callbacks.injection_state import report_injection
 from lightning_inflect.callbacks.lightning_internals import callback_state_in_checkpoint
+from lightning_inflect.callbacks.loggers import log_text
 from lightning_inflect.callbacks.resume import before_weights_load_hooks, remove_hooks
-from lightning_inflect.callbacks.selector_inputs import SelectorInputs
-from lightning_inflect.injection import (
-    ADAPTER_NAME,
-    InjectionLifecycle,
-    InjectionRecord,
-    InjectionSchedule,
-    check_module_names,
-    count_trainable,
-    default_targets,
-    existing_adapters,
-    export_adapters,
-    lora_parameters,
-    lora_settings,
-    plan_injection,
-    resolve_targets,
-    retarget_optimizer,
-)
-from lightning_inflect.monitor import InflectMonitor
-from lightning_inflect.names import ACT_GRAD_NORM, DEFAULT_PREFIX, PARAM_GRAD_NORM
-from lightning_inflect.selection import SKI, GradientSuppressionTrigger, Selection, Selector, select_or_fall_back
-from lightning_inflect.validation import (
-    CheckpointStateError,
-    check_bool,
-    check_callable,
-    check_choice,
-    check_str,
-    check_str_list,
-    check_writable_dir,
-)
+from lightning_inflect.core.injection import InjectionCore
+from lightning_inflect.injection import existing_adapters, lora_parameters, retarget_optimizer
+from lightning_inflect.validation import CheckpointStateError
 
-if TYPE_CHECKING:
-    from peft import LoraConfig
-
-__all__ = ["InjectionCallback"]
+__all__ = ["InjectionCallback", "LightningInjectionHost"]
 
 
-def _callbacks(trainer: pl.Trainer) -> list[Callback]:
-    return list(getattr(trainer, "callbacks", []))
-
-
-log = logging.getLogger(__name__)
-
-EmptyPolicy = Literal["raise", "skip", "fallback"]
-
-
-def _check_which_blocks(
-    auto: bool,
-    layers: Sequence[int] | None,
-    selector: Selector | None,
-    trigger: GradientSuppressionTrigger | None,
-    fallback_selector: Selector | None,
-) -> None:
-    """The arguments that say which blocks to adapt: exactly one way, of the right types."""
-    if auto and layers is not None:
-        raise ValueError(
-            f"Expected either `auto=True` or `layers=` but got both (layers={list(layers)!r}). Drop `layers` "
-            "to let the selector choose, or drop `auto` to inject exactly there."
-        )
-    if layers is not None and (isinstance(layers, (str, bytes)) or len(layers) == 0):
-        raise ValueError(f"Expected argument `layers` to be a non-empty list of block indices but got {layers!r}.")
-    if trigger is not None and not isinstance(trigger, GradientSuppressionTrigger):
-        raise ValueError(f"Expected argument `trigger` to be a GradientSuppressionTrigger but got {trigger!r}.")
-    if selector is not None and not auto:
-        raise ValueError("A `selector` chooses blocks automatically: pass `auto=True` with it.")
-    if not auto and layers is None:
-        raise ValueError("Expected `layers=[...]` or `auto=True` (with an optional `selector=`) but got neither.")
-    for name, sel in (("selector", selector), ("fallback_selector", fallback_selector)):
-        if sel is not None and not isinstance(sel, Selector):
-            raise ValueError(
-                f"Expected argument `{name}` to be a lightning_inflect.selection.Selector but got {sel!r}."
-            )
-
-
-def _check_against_model(
-    model: torch.nn.Module,
-    info: LayerInfo,
-    layers: Sequence[int] | None,
-    selectors: Sequence[Selector],
-    targets: Sequence[str],
-    keep_trainable: Sequence[str],
-) -> None:
-    """What ``setup`` can check against the model: blocks, selectors' ``k``, LoRA targets, kept modules."""
-    n = info.num_layers
-    check_blocks = check_layer_indices(layers, n) if layers is not None else [0]
-    for sel in selectors:
-        sel.check_fits(n)
-    resolve_targets(info, check_blocks, targets, "")  # fails now if a target matches nothing
-    check_module_names(model, keep_trainable, "keep_trainable")
-
-
-_EXPORT_HINT = (
-    "The adapters go to `<export_dir>/inflect_adapters` at the end of fit: pass another `export_dir=`, or "
-    "`export=False`."
-)
-
-
-def _check_fit(
-    trainer: pl.Trainer, pl_module: pl.LightningModule, trigger: GradientSuppressionTrigger | None, merged: bool
-) -> None:
+def _check_fit(trainer: pl.Trainer, pl_module: pl.LightningModule, merged: bool) -> None:
     """What the Trainer and the LightningModule must offer; checked in ``setup``."""
     if not pl_module.automatic_optimization:
         raise ValueError(
@@ -143,22 +50,15 @@ def _check_fit(
         )
     if sharded(trainer):
         check_sharded(strategy, merged)
-    if trigger is not None and not any(
-        isinstance(cb, InflectMonitor) and ACT_GRAD_NORM in cb.metrics for cb in _callbacks(trainer)
-    ):
-        raise ValueError(
-            "`trigger=` reads activation-gradient norms: add `GradientNormMonitor(every_n_steps=...)` (with "
-            "'activation' in its `norms`) to the Trainer's callbacks."
-        )
 
 
-def _check_weights_match_state(cb: InjectionCallback, ckpt: Any, found: bool, ours: bool) -> None:
+def _check_weights_match_state(cb: InjectionCore, ckpt: Any, found: bool, ours: bool) -> None:
     """A checkpoint's weights hold ``cb``'s adapter (``ours``) exactly when its saved state (``found``) says the
     injection happened; anything else was written by other code or edited."""
     if not found and ours:
         raise CheckpointStateError(
             f"The checkpoint {ckpt!r} holds LoRA weights of adapter {cb.adapter_name!r} but no state of "
-            f"InjectionCallback {cb.state_key!r}: resume with the InjectionCallback arguments "
+            f"{type(cb).__name__} {cb.state_key!r}: resume with the InjectionCallback arguments "
             "(at_step/at_epoch/at_fraction) that made it."
         )
     if found and ours != cb.injected:
@@ -197,27 +97,32 @@ def _rewrap_ddp(trainer: pl.Trainer) -> None:
         strategy.configure_ddp()
 
 
-def _check_options(**options: Any) -> None:
-    """Every option of :class:`InjectionCallback` but the schedule, checked at construction."""
-    o = options
-    for name in ("auto", "include_mlp", "freeze_backbone", "export", "export_merged"):
-        check_bool(name, o[name])
-    _check_which_blocks(o["auto"], o["layers"], o["selector"], o["trigger"], o["fallback_selector"])
-    check_str_list("keep_trainable", o["keep_trainable"])
-    check_choice("on_empty", o["on_empty"], ["raise", "skip", "fallback"])
-    check_str("model_attr", o["model_attr"], optional=True, hint="For example `model_attr='model'`.")
-    check_str("layers_path", o["layers_path"], optional=True, hint="For example `layers_path='encoder.layer'`.")
-    check_str("log_key_prefix", o["log_key_prefix"], hint="The default is 'inflect'.")
-    check_str("adapter_name", o["adapter_name"], hint=f"The default is {ADAPTER_NAME!r}.")
-    check_callable("probe_inputs", o["probe_inputs"])
-    export_dir = o["export_dir"]
-    if export_dir is not None and not isinstance(export_dir, (str, Path)):
-        raise ValueError(f"Expected argument `export_dir` to be None, a str or a Path but got {export_dir!r}.")
-    if o["on_empty"] == "fallback" and o["fallback_selector"] is None:
-        raise ValueError("`on_empty='fallback'` needs `fallback_selector=`, for example `TopK(k=4)`.")
+class LightningInjectionHost(LightningHost):
+    """The :class:`~lightning_inflect.core.injection.InjectionHost` of a Lightning ``Trainer``: its callbacks, its
+    strategy's ranks and broadcast, its optimizers and schedulers (and DDP's wrapper), its loggers' text."""
+
+    @property
+    def world_size(self) -> int:
+        return self.trainer.world_size
+
+    def broadcast(self, obj: Any) -> Any:
+        return self.trainer.strategy.broadcast(obj, src=0)
+
+    def callbacks(self) -> list[Callback]:
+        return list(getattr(self.trainer, "callbacks", []))
+
+    def retarget(self, lora: list[torch.nn.Parameter]) -> None:
+        _retarget_optimizers(self.trainer, self.trainer.lightning_module, lora)
+        _rewrap_ddp(self.trainer)
+
+    def log_text(self, key: str, markdown: str, step: int) -> None:
+        log_text(self.trainer.loggers, key, markdown, step)
+
+    def info(self, message: str) -> None:
+        rank_zero_info(message)
 
 
-class InjectionCallback(Callback):
+class InjectionCallback(InjectionCore, Callback):
     r"""At a chosen point of a ``fit``, freeze the backbone and attach peft LoRA adapters to chosen blocks.
 
     At the injection step (the start of an optimizer step, before its forward) the callback
@@ -317,160 +222,68 @@ class InjectionCallback(Callback):
         "InjectionCallback{'at_step': 500, 'at_epoch': None, 'at_fraction': None}"
     """
 
-    # What one fit learns (set in setup and the hooks; the defaults are the state before any fit).
-    selection: Selection | None = None
-    export_path: Path | None = None
-    _fit: SelectorInputs | None = None  # the Trainer, model and blocks of this fit, and what the selectors read
     _resumed = False  # this fit re-applied a saved injection: rebuild the optimizer groups in on_fit_start
-    _boundary = True
-    _step_at_start = -1
     _load_hooks: tuple[Any, ...] = ()
     _checkpoint_read = False
-    _batch_checked = False
+    _trainer: pl.Trainer | None = None
 
-    def __init__(
-        self,
-        auto: bool = False,
-        layers: Sequence[int] | None = None,
-        selector: Selector | None = None,
-        at_step: int | None = None,
-        at_epoch: int | None = None,
-        at_fraction: float | None = None,
-        trigger: GradientSuppressionTrigger | None = None,
-        r: int | None = None,
-        lora_alpha: float | None = None,
-        lora_dropout: float | None = None,
-        target_modules: Sequence[str] | None = None,
-        lora_config: LoraConfig | None = None,
-        include_mlp: bool = False,
-        freeze_backbone: bool = True,
-        keep_trainable: Sequence[str] = (),
-        on_empty: EmptyPolicy = "raise",
-        fallback_selector: Selector | None = None,
-        export: bool = True,
-        export_merged: bool = False,
-        export_dir: str | Path | None = None,
-        model_attr: str | None = None,
-        layers_path: str | None = None,
-        log_key_prefix: str = DEFAULT_PREFIX,
-        adapter_name: str = ADAPTER_NAME,
-        probe_inputs: Callable[[Any], Mapping[str, Any]] | None = None,
-        train_user_adapters: bool = True,
-    ) -> None:
-        self.schedule = InjectionSchedule(at_step, at_epoch, at_fraction, min_step=1 if auto is True else 0)
-        check_bool("train_user_adapters", train_user_adapters)
-        _check_options(
-            auto=auto, layers=layers, selector=selector, trigger=trigger, include_mlp=include_mlp,
-            freeze_backbone=freeze_backbone, keep_trainable=keep_trainable, on_empty=on_empty,
-            fallback_selector=fallback_selector, export=export, export_merged=export_merged, export_dir=export_dir,
-            model_attr=model_attr, layers_path=layers_path, log_key_prefix=log_key_prefix, adapter_name=adapter_name,
-            probe_inputs=probe_inputs,
-        )  # fmt: skip
-        self.auto = auto
-        self.layers_arg = None if layers is None else list(layers)
-        self.selector = (selector or SKI()) if auto else None
-        self.at_step, self.at_epoch, self.at_fraction = at_step, at_epoch, at_fraction
-        self.trigger = trigger
-        self._trigger_reason = ""
-        self.lora = lora_settings(
-            lora_config, r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=target_modules
-        )
-        self.target_modules: list[str] | None = None  # names inside a block, known at setup
-        self.include_mlp = include_mlp
-        self.freeze_backbone = freeze_backbone
-        self.keep_trainable = list(keep_trainable)
-        self.on_empty = on_empty
-        self.fallback_selector = fallback_selector
-        self.export, self.export_merged, self.export_dir = export, export_merged, export_dir
-        self.model_attr, self.layers_path = model_attr, layers_path
-        self.log_key_prefix = log_key_prefix
-        self.adapter_name = adapter_name
-        self.probe_inputs = probe_inputs
-        self.train_user_adapters = train_user_adapters
-        self.lifecycle = InjectionLifecycle(self.schedule, owner=f"InjectionCallback (state key {self.state_key!r})")
-
-    @property
-    def state_key(self) -> str:
-        return self._generate_state_key(at_step=self.at_step, at_epoch=self.at_epoch, at_fraction=self.at_fraction)
-
-    @property
-    def planned_step(self) -> int | None:
-        """The optimizer step the injection is planned at, once known (see :class:`InjectionSchedule`)."""
-        return self.schedule.planned_step
-
-    @property
-    def record(self) -> InjectionRecord | None:
-        """What the injection did (None before it)."""
-        return self.lifecycle.record
-
-    @property
-    def injected(self) -> bool:
-        return self.lifecycle.injected
+    def _host(self, trainer: pl.Trainer) -> LightningInjectionHost:
+        return LightningInjectionHost(trainer)
 
     # ------------------------------------------------------------------------------------------------ set up
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        _check_fit(trainer, pl_module, self.trigger, self.export and self.export_merged)
-        _, model = find_hf_model(pl_module, self.model_attr)
-        info = find_layers(model, self.layers_path)
-        selectors = [sel for sel in (self.selector, self.fallback_selector) if sel is not None]
-        self._fit = SelectorInputs(trainer, model, info, selectors, self.probe_inputs)
-        self._batch_checked = self._resumed = False
-        if self.lora.target_modules is None:
-            self.target_modules = default_targets(model, info, self.include_mlp)
-        else:
-            self.target_modules = sorted(self.lora.target_modules)
-        _check_against_model(model, info, self.layers_arg, selectors, self.target_modules, self.keep_trainable)
-        if self.export and self.export_dir is not None:
-            check_writable_dir("export_dir", self.export_dir, _EXPORT_HINT)
+        _check_fit(trainer, pl_module, self.export and self.export_merged)
+        fit = self.begin_fit(self._host(trainer), pl_module)
+        self._trainer = trainer
+        self._resumed = False
         if not self.lifecycle.pending:
             return
-        if sharded(trainer) and self.adapter_name not in existing_adapters(model):
-            blocks = (
-                list(range(info.num_layers)) if self.auto else check_layer_indices(self.layers_arg, info.num_layers)
-            )
-            attach_dormant(trainer, model, self._plan(blocks))  # FSDP2 takes the blocks' parameters in configure_model
+        if sharded(trainer) and self.adapter_name not in existing_adapters(fit.model):
+            n = fit.info.num_layers
+            blocks = list(range(n)) if self.auto else check_layer_indices(self.layers_arg, n)
+            attach_dormant(trainer, fit.model, self._plan(blocks))  # FSDP2 takes the blocks' parameters later
         # Lightning restores the weights before the callbacks' state and names the checkpoint only after `setup`:
         # enter a saved state just before the LightningModule's weights are loaded.
         self._checkpoint_read = False
         self._load_hooks = before_weights_load_hooks(pl_module, self._before_weights_load)
 
-    def _plan(self, layers: list[int], **fields: Any) -> InjectionRecord:
-        fit = self._inputs()
-        return plan_injection(
-            fit.model, fit.info, layers, self.lora, self.target_modules or [], self.keep_trainable,
-            freeze_backbone=self.freeze_backbone, adapter_name=self.adapter_name,
-            train_user_adapters=self.train_user_adapters, **fields,
-        )  # fmt: skip
+    def _dormant(self, host: Any) -> bool:
+        return sharded(host.trainer)
+
+    def _before_attach(self, host: Any) -> None:
+        if sharded(host.trainer):
+            reshard(host.trainer.lightning_module)
 
     def _before_weights_load(self, module: torch.nn.Module, state_dict: dict, *args: Any) -> None:
         """The first weights load of a resume: check the saved state whole and enter it; an injected one attaches
         the adapters the weights hold (under FSDP2: wakes them, and rebuilds the optimizer groups)."""
-        if self._checkpoint_read:
+        if self._checkpoint_read or self._trainer is None:
             return
         self._checkpoint_read = True
-        fit = self._inputs()
-        found, state = callback_state_in_checkpoint(fit.trainer, self.state_key)
-        if sharded(fit.trainer):  # every checkpoint has the dormant adapters; and the load runs after on_fit_start
+        trainer = self._trainer
+        self._checkpoint = trainer.ckpt_path
+        found, state = callback_state_in_checkpoint(trainer, self.state_key)
+        if sharded(trainer):  # every checkpoint has the dormant adapters; and the load runs after on_fit_start
             if found:
-                self._enter_saved(fit, state, dormant=True)
+                self._enter_saved(trainer, state, dormant=True)
             return
         ours = any(".lora_" in k and f".{self.adapter_name}." in k for k in state_dict)  # not a model's own adapters
         if found:
-            self._enter_saved(fit, state, dormant=False)
-        _check_weights_match_state(self, fit.trainer.ckpt_path, found, ours)
+            self._enter_saved(trainer, state, dormant=False)
+        _check_weights_match_state(self, trainer.ckpt_path, found, ours)
 
-    def _enter_saved(self, fit: SelectorInputs, state: Any, dormant: bool) -> None:
-        ckpt = fit.trainer.ckpt_path
-        self.lifecycle.read_state(state, fit.info.num_layers, ckpt)  # checked whole before anything changes
+    def _enter_saved(self, trainer: pl.Trainer, state: Any, dormant: bool) -> None:
+        fit = self._inputs()
+        self.lifecycle.read_state(state, fit.info.num_layers, trainer.ckpt_path)  # checked before anything changes
         if dormant and isinstance(state, Mapping) and state.get("record"):
-            reshard(fit.trainer.lightning_module)
-        lora = self.lifecycle.restore(state, fit.model, fit.info.num_layers, ckpt, dormant=dormant)
+            reshard(trainer.lightning_module)
+        lora = self.enter_saved(state, trainer.ckpt_path, dormant=dormant)
         self._resumed = self.injected
         if self._resumed and dormant:
             # FSDP2 loads the optimizer state right after the weights: give it the groups it was saved with now.
-            _retarget_optimizers(fit.trainer, fit.trainer.lightning_module, lora)
+            _retarget_optimizers(trainer, trainer.lightning_module, lora)
 
     def _remove_load_hooks(self) -> None:
         self._load_hooks = remove_hooks(self._load_hooks)
@@ -485,124 +298,36 @@ class InjectionCallback(Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._remove_load_hooks()
-        total = trainer.estimated_stepping_batches
-        if self.lifecycle.pending:
-            self.lifecycle.plan(total)
-            why = self.schedule.too_late(trainer.max_steps, trainer.max_epochs, total)
-            if why:
-                rank_zero_warn(f"InjectionCallback plans to inject {why} No injection will happen in this fit.")
+        self.fit_planned(self._host(trainer), trainer.estimated_stepping_batches, trainer.max_steps, trainer.max_epochs)
 
     # -------------------------------------------------------------------------------------------- when to act
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._boundary = True
-        self.lifecycle.on_epoch_start(trainer.current_epoch, trainer.global_step)
+        self.epoch_started(trainer.current_epoch, trainer.global_step)
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int):
-        step = trainer.global_step
-        self._step_at_start = step
-        life = self.lifecycle
-        if not self._batch_checked:  # the first batch, before any optimizer step: fail now, not at the injection
-            self._batch_checked = True
-            if self.auto and life.pending and self._inputs().own_probe_metrics():
-                self._inputs().model_inputs(batch)
-        if not life.pending or self.planned_step is None:
-            return
-        inputs = self._inputs()
-        grads = inputs.grads
-        if self.auto and step == self.planned_step - 1 and inputs.needs_own(ACT_GRAD_NORM):
-            grads.arm()
-        if self._boundary and (life.due(step) or self._trigger_fired()):
-            if (
-                self.auto
-                and not grads.armed
-                and any(inputs.needs_own(m) and m not in grads.collected for m in (ACT_GRAD_NORM, PARAM_GRAD_NORM))
-            ):
-                # The selector needs gradients nobody logged and this step was not foreseen (at_epoch, a trigger,
-                # step 0, a resume): probe this step's backward and inject at the next one.
-                life.postpone(step + 1)
-                grads.arm()
-                return
-            self._inject(trainer, pl_module, batch, step)
+        self.batch_started(self._host(trainer), batch)
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
-        if not self.lifecycle.pending or self.planned_step is None or trainer.global_step != self.planned_step - 1:
-            return
-        inputs = self._inputs()
-        inputs.grads.collect(parameters=self.auto and inputs.needs_own(PARAM_GRAD_NORM))
+        self.before_optimizer_step(self._host(trainer))
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, i: int):
-        self._boundary = trainer.global_step != self._step_at_start
-
-    def _trigger_fired(self) -> bool:
-        if self.trigger is None or not self._inputs().trigger_fired(self.trigger):
-            return False
-        self._trigger_reason = f"{self.trigger!r} fired: {self.trigger.reason}; "
-        return True
-
-    def _inputs(self) -> SelectorInputs:
-        """This fit's Trainer, model and blocks, and what the selectors read (made in ``setup``)."""
-        if self._fit is None:
-            raise RuntimeError("InjectionCallback was used before `setup(stage='fit')`; attach it to a Trainer.")
-        return self._fit
+        self.batch_ended(self._host(trainer))
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        record = self.record
-        if record is None or not self.export:
+        if self.record is None or not self.export:
             return
-        model = self._inputs().model
-        tensors = gather_adapters(pl_module, model, record) if sharded(trainer) else None
-        if trainer.is_global_zero:
-            folder = Path(self.export_dir or _default_export_dir(trainer)) / "inflect_adapters"
-            self.export_path = export_adapters(model, record, folder, merged=self.export_merged, tensors=tensors)
-            rank_zero_info(f"InjectionCallback: adapters saved in {self.export_path}")
-        self.lifecycle.exported()
-
-    def _choose(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, step: int) -> Selection:
-        n = self._inputs().info.num_layers
-        if not self.auto:
-            layers = check_layer_indices(self.layers_arg, n)
-            return Selection(tuple(layers), None, f"manual: layers={self.layers_arg}")
-        assert self.selector is not None  # auto=True always has one
-        history = self._inputs().history(batch, step)
-        return select_or_fall_back(self.selector, history, n, self.on_empty, self.fallback_selector, step)
-
-    # ----------------------------------------------------------------------------------------------- inject
-    def _inject(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, step: int) -> None:
-        selection = self._choose(trainer, pl_module, batch, step)
-        if trainer.world_size > 1:  # decide together: rank 0's choice (or skip), scores and reason on every rank
-            selection = trainer.strategy.broadcast(selection, src=0)
-        self.selection = selection
-        if not selection.layers:  # on_empty="skip"
-            rank_zero_warn(f"InjectionCallback: no block selected ({selection.reason}); no injection.")
-            self.lifecycle.skip(selection.reason)
-            return
-        fit = self._inputs()
-        record = self._plan(
-            list(selection.layers), step=step, reason=self._trigger_reason + selection.reason,
-            scores=None if selection.scores is None else list(selection.scores),
-        )  # fmt: skip
-        if sharded(trainer):
-            reshard(pl_module)
-        lora = self.lifecycle.inject(fit.model, record, dormant=sharded(trainer))
-        record.trainable_after = count_trainable(fit.model)
-        _retarget_optimizers(trainer, pl_module, lora)
-        _rewrap_ddp(trainer)
-        report_injection(trainer, record, self.log_key_prefix, sum(int(q.numel()) for q in lora))
+        tensors = gather_adapters(pl_module, self._inputs().model, self.record) if sharded(trainer) else None
+        self.save_adapters(self._host(trainer), _default_export_dir(trainer), tensors)
 
     # -------------------------------------------------------------------------------------------------- state
-    def state_dict(self) -> dict[str, Any]:
-        return self.lifecycle.state_dict()
-
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        fit = self._fit
-        num_layers, ckpt = (fit.info.num_layers, fit.trainer.ckpt_path) if fit is not None else (None, None)
-        self.lifecycle.restore(state_dict, None, num_layers, ckpt)  # entered before the weights load, or pending
+        self._checkpoint = self._trainer.ckpt_path if self._trainer is not None else None
+        super().load_state_dict(state_dict)  # entered before the weights loaded, or pending
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._remove_load_hooks()
-        if self._fit is not None:
-            self._fit.grads.disarm()
-            self._fit = None
+        self.end_fit()
+        self._trainer = None
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self.teardown(trainer, pl_module, "fit")

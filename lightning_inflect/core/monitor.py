@@ -163,13 +163,16 @@ class MonitorCore:
     def before_optimizer_step(self, host: Host, optimizer: torch.optim.Optimizer) -> None:
         """The step's gradients are complete (accumulated, unscaled, not clipped)."""
 
-    def batch_ended(self, host: Host) -> None:
-        """After each micro-batch (``host.global_step`` counts the optimizer steps done): the first monitor moves the
-        values of the finished steps to the host in one transfer and logs the run's overhead."""
+    def batch_ended(self, host: Host, steps_done: int | None = None) -> None:
+        """After each micro-batch: the first monitor moves the values of the finished optimizer steps to the host in
+        one transfer and logs the run's overhead. ``steps_done`` is the number of optimizer steps finished (default
+        ``host.global_step``; a loop that calls this after the optimizer step but before it counts it passes one
+        more)."""
         session = self._require_session()
+        done = host.global_step if steps_done is None else steps_done
         if session.members and session.members[0] is self:
-            session.flush(before_step=host.global_step)  # the optimizer step is done: one transfer for its values
-            for step, seconds in sorted(session.pop_overhead(host.global_step).items()):
+            session.flush(before_step=done)  # the optimizer step is done: one transfer for its values
+            for step, seconds in sorted(session.pop_overhead(done).items()):
                 self._log(host, {run_key(self.log_key_prefix, OVERHEAD_MS): seconds * 1000.0}, step)
 
     def train_ended(self, host: Host) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import lightning.pytorch as pl
 from torch import nn
 
 from lightning_inflect.architectures import LayerInfo
@@ -24,23 +23,33 @@ class SelectorInputs:
     """The per-block metrics of one fit for the selectors: from the attached monitors when they log them, else
     collected by the InjectionCallback itself (one step's gradients, one probe forward).
 
+    Framework-free: the training loop is ``key`` (the object its monitors share their session by) and two
+    functions of it.
+
     Args:
-        trainer: the running Trainer (its callbacks hold the monitors).
+        key: the running trainer (Lightning's ``Trainer``, the Hugging Face ``Trainer``, any loop object).
         model: the Hugging Face model.
         info: where its blocks are.
         selectors: the selectors that will read the metrics (their ``requires``).
         probe_inputs: maps a training batch to model inputs for the own probe (default: a dict batch's keys).
+        callbacks: returns the loop's callbacks, among them the monitors (default: ``key.callbacks``).
+        precision_context: the loop's forward context factory (autocast) for the own probe, or None.
     """
 
     def __init__(
         self,
-        trainer: pl.Trainer,
+        key: Any,
         model: nn.Module,
         info: LayerInfo,
         selectors: Sequence[Selector],
         probe_inputs: Callable[[Any], Mapping[str, Any]] | None = None,
+        *,
+        callbacks: Callable[[], Sequence[Any]] | None = None,
+        precision_context: Callable[[], Any] | None = None,
     ) -> None:
-        self.trainer, self.model, self.info = trainer, model, info
+        self.key, self.model, self.info = key, model, info
+        self._callbacks = callbacks or (lambda: list(getattr(key, "callbacks", [])))
+        self.precision_context = precision_context
         self.needed = sorted({m for s in selectors for m in s.requires})
         self.probe_inputs = probe_inputs
         self.grads = StepGradients(info)
@@ -48,11 +57,11 @@ class SelectorInputs:
 
     def _monitors(self) -> list[InflectMonitor]:
         """The trainer's callbacks that are inflect monitors (any object that satisfies the protocol)."""
-        return [cb for cb in getattr(self.trainer, "callbacks", []) if isinstance(cb, InflectMonitor)]
+        return [cb for cb in self._callbacks() if isinstance(cb, InflectMonitor)]
 
     def monitor_history(self, metric: str) -> MetricHistory | None:
         """The first attached monitor's history of ``metric``, over all blocks (NaN where it does not monitor)."""
-        flush_monitors(self.trainer)  # values the monitors still hold on the device
+        flush_monitors(self.key)  # values the monitors still hold on the device
         for cb in self._monitors():
             if metric in cb.history and len(cb.history[metric]):
                 return cb.history[metric].over(self.info.num_layers)
@@ -102,10 +111,9 @@ class SelectorInputs:
             elif metric in PROBE_METRICS:
                 probe_metrics.append(metric)
         if probe_metrics:
-            session = ProbeSession.of(self.trainer, self.model, self.info)
+            session = ProbeSession.of(self.key, self.model, self.info)
             inputs = [to_device(self.model_inputs(batch), session.device)]
-            context = self.trainer.precision_plugin.forward_context
-            run = lambda requests: session.run(inputs, requests, context)  # noqa: E731
+            run = lambda requests: session.run(inputs, requests, self.precision_context)  # noqa: E731
             history.update(probe_diagnostics(run, self.info, step, probe_metrics))
         return history
 
