@@ -40,6 +40,16 @@ def test_the_shared_contract_imports_no_framework(module):
     assert out == "[]", f"{module} imported {out}"
 
 
+def test_the_hugging_face_front_end_imports_no_lightning():
+    # one core, two thin front ends: the HF Trainer integration stands on the core alone
+    code = (
+        "import sys, lightning_inflect.integrations.transformers\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]", out
+
+
 def test_functional_does_not_import_transformers():
     code = "import sys, lightning_inflect.functional; print('transformers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()

@@ -1,0 +1,614 @@
+"""The monitors and the injection in the Hugging Face ``Trainer`` (and TRL's trainers, which are ``Trainer``\\ s).
+
+The same four callbacks as the Lightning ones, with the same names, options, logged keys, ``.history`` and values,
+as ``transformers.TrainerCallback``\\ s over the same framework-free core (:mod:`lightning_inflect.core`)::
+
+    from lightning_inflect.integrations.transformers import (
+        AttentionEntropyMonitor, CKADriftMonitor, GradientNormMonitor, InjectionCallback, watch)
+
+    trainer = Trainer(model=model, args=TrainingArguments("out", report_to=["tensorboard"], logging_steps=10),
+                      train_dataset=train, callbacks=[AttentionEntropyMonitor(every_n_steps=10),
+                                                      GradientNormMonitor(every_n_steps=10),
+                                                      InjectionCallback(auto=True, at_fraction=0.3)])
+    watch(trainer)  # binds the callbacks to this Trainer's log path, model and optimizer
+    trainer.train()  # or trainer.train(resume_from_checkpoint=True)
+
+Why :func:`watch`: a ``TrainerCallback`` never sees the ``Trainer``, only its arguments, state and control. The
+monitors need its log path (``Trainer.log``: the only way into ``state.log_history`` and every ``report_to``
+integration), its model's micro-batches (no callback sees a batch) and the moment the gradients are complete but
+not yet clipped (no callback runs there); a resume needs to re-attach the adapters before the ``Trainer`` loads the
+weights and the optimizer, which it does before any callback runs. ``watch(trainer)`` wires these once:
+
+* a forward pre-hook on ``trainer.model`` hands each training micro-batch (the model's keyword inputs) to the
+  callbacks (eval forwards and the probe's own, in eval mode under ``no_grad``, are skipped);
+* ``trainer.accelerator.clip_grad_norm_``, which the ``Trainer`` calls on every optimizer step before
+  ``on_pre_optimizer_step`` (to clip, or with ``inf`` to measure the norm), first tells the callbacks that the step's
+  gradients are complete: the parameter-gradient norms are the unclipped ones, as in Lightning;
+* ``trainer.create_optimizer`` and ``trainer.train`` are wrapped on this instance so that a resume re-enters the
+  saved injection before the weights and the optimizer state load.
+
+Where the values go:
+
+* Scalars go through ``Trainer.log`` at the optimizer step they were measured at (``state.global_step`` during that
+  step, the step Lightning logs them at): they reach ``state.log_history`` with the same keys as in Lightning
+  (``inflect/attn_entropy/layer_00``, ...), and every ``report_to`` integration. TensorBoard (``TensorBoardCallback``)
+  files every training key under ``train/``, as it does the loss: ``train/inflect/attn_entropy/layer_00``.
+* Heatmaps, the custom-scalars layout and the injection report go to the ``TensorBoardCallback``'s writer when
+  TensorBoard is enabled (``report_to`` includes ``"tensorboard"``), on the main process.
+* One device-to-host transfer per logging step, as in Lightning.
+
+"Every N steps" counts the ``Trainer``'s optimizer steps (``state.global_step``), whatever
+``gradient_accumulation_steps`` is.
+
+Checkpoints: every callback's state (histories, probe, CKA reference, the injection's phase and record) is saved in
+``inflect_state.pt`` inside each ``checkpoint-N`` folder and read with ``torch.load(weights_only=True)``. The
+``Trainer``'s own stateful-callback mechanism (``ExportableState``) cannot hold it: it writes JSON into
+``trainer_state.json`` and rebuilds a callback from its constructor arguments, so no tensor can be restored.
+
+Refused at ``on_train_begin``, before anything trains, with the setting to change: DeepSpeed and FSDP (the
+parameter-gradient norms and the injection need whole ``.grad`` tensors and a model they can add modules to), and
+for the injection several processes (the ``Trainer``'s DDP wrapper cannot be rebuilt around the new trainable set).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainerCallback
+from transformers.integrations import TensorBoardCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+
+from lightning_inflect.core.cka import CKADriftCore
+from lightning_inflect.core.entropy import EntropyMonitorCore
+from lightning_inflect.core.grads import GradientNormCore
+from lightning_inflect.core.injection import InjectionCore
+from lightning_inflect.core.monitor import MonitorCore
+from lightning_inflect.injection import lora_parameters, retarget_optimizer
+from lightning_inflect.validation import CheckpointStateError, checkpoint_state_error
+
+__all__ = [
+    "STATE_FILE",
+    "AttentionEntropyMonitor",
+    "CKADriftMonitor",
+    "GradientNormMonitor",
+    "HFHost",
+    "InjectionCallback",
+    "watch",
+]
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "inflect_state.pt"
+"""The file, inside each ``checkpoint-N`` folder, that holds the inflect callbacks' state (``{state_key: state}``)."""
+
+_TB_PREFIX = "train/"  # what TensorBoardCallback puts before every training key
+
+
+def _unwrap(obj: Any, attr: str) -> Any:
+    """The object accelerate wraps (``AcceleratedOptimizer.optimizer``, ``AcceleratedScheduler.scheduler``)."""
+    while obj is not None and hasattr(obj, attr) and not isinstance(obj, (torch.optim.Optimizer,)):
+        inner = getattr(obj, attr)
+        if inner is obj:
+            break
+        obj = inner
+    return obj
+
+
+class HFHost:
+    """The :class:`~lightning_inflect.core.injection.InjectionHost` of a Hugging Face ``Trainer``: its state's step,
+    its process rank, accelerate's autocast and loss scaler, ``Trainer.log`` for scalars, the ``TensorBoardCallback``'s
+    writer for images and text, its optimizer and scheduler."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+        self.resume_from: str | None = None
+        self._logs: dict[str, float] = {}
+        self._writer: Any = None
+
+    @property
+    def key(self) -> Trainer:
+        return self.trainer
+
+    @property
+    def global_step(self) -> int:
+        return self.trainer.state.global_step
+
+    @property
+    def is_global_zero(self) -> bool:
+        return self.trainer.is_world_process_zero()
+
+    @property
+    def checkpoint(self) -> Any:
+        return self.resume_from
+
+    @property
+    def precision_context(self) -> Callable[[], Any] | None:
+        return self.trainer.accelerator.autocast
+
+    def _tb_writer(self) -> Any:
+        """The ``TensorBoardCallback``'s writer on the main process. It closes (and forgets) it in its
+        ``on_train_end``, which runs before ours: the last one seen is kept for the run's final heatmaps."""
+        if not self.is_global_zero:
+            return None
+        for cb in self.trainer.callback_handler.callbacks:
+            if isinstance(cb, TensorBoardCallback) and getattr(cb, "tb_writer", None) is not None:
+                self._writer = cb.tb_writer
+                return cb.tb_writer
+        return self._writer
+
+    def close_writer(self) -> None:
+        """Close the kept writer once the ``TensorBoardCallback`` has let it go (after the final heatmaps)."""
+        live = any(
+            isinstance(cb, TensorBoardCallback) and getattr(cb, "tb_writer", None) is self._writer
+            for cb in self.trainer.callback_handler.callbacks
+        )
+        if self._writer is not None and not live:
+            self._writer.close()
+        self._writer = None
+
+    @property
+    def takes_images(self) -> bool:
+        return self._tb_writer() is not None
+
+    def loss_scale(self) -> torch.Tensor | float:
+        scaler = getattr(self.trainer.accelerator, "scaler", None)
+        if scaler is None or not getattr(scaler, "is_enabled", lambda: False)():
+            return 1.0
+        scale = getattr(scaler, "_scale", None)  # torch's own tensor: reading it as a float would synchronise
+        return scale if isinstance(scale, torch.Tensor) else float(scaler.get_scale())
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        """Collect ``metrics``; :meth:`emit` sends what the callbacks logged during one event in one ``Trainer.log``
+        (one row of ``state.log_history``, at ``state.global_step``, the step being measured)."""
+        self._logs.update(metrics)
+
+    def emit(self) -> None:
+        """Send the collected scalars through ``Trainer.log`` (``state.log_history``, every ``report_to``)."""
+        if self._logs:
+            logs, self._logs = self._logs, {}
+            self.trainer.log(logs)
+
+    def log_heatmap(self, key: str, image: torch.Tensor, step: int) -> None:
+        writer = self._tb_writer()
+        if writer is not None:
+            writer.add_image(key, image, global_step=step, dataformats="CHW")
+
+    def write_layout(self, layout: Mapping[str, Mapping[str, list]]) -> None:
+        writer = self._tb_writer()
+        if writer is None:
+            return
+        tb = {  # the charts match the keys as TensorBoardCallback writes them, under train/
+            section: {
+                name: [kind, [p.replace("^", f"^{_TB_PREFIX}", 1) for p in patterns]]
+                for name, (kind, patterns) in charts.items()
+            }
+            for section, charts in layout.items()
+        }
+        writer.add_custom_scalars(tb)
+
+    def log_text(self, key: str, markdown: str, step: int) -> None:
+        writer = self._tb_writer()
+        if writer is not None:
+            writer.add_text(key, markdown, global_step=step)
+
+    def warn(self, message: str) -> None:
+        if self.is_global_zero:
+            warnings.warn(message, stacklevel=3)
+
+    def info(self, message: str) -> None:
+        if self.is_global_zero:
+            log.info(message)
+
+    @property
+    def world_size(self) -> int:
+        return int(self.trainer.args.world_size)
+
+    def broadcast(self, obj: Any) -> Any:
+        if self.world_size == 1:
+            return obj
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def callbacks(self) -> list[Any]:
+        return list(self.trainer.callback_handler.callbacks)
+
+    def retarget(self, lora: list[torch.nn.Parameter]) -> None:
+        model = self.trainer.model
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        for p in model.parameters():
+            if not p.requires_grad:
+                p.grad = None  # no optimizer clears them any more: they would be stale
+        optimizer = _unwrap(self.trainer.optimizer, "optimizer")
+        if optimizer is None:
+            return
+        scheduler = _unwrap(self.trainer.lr_scheduler, "scheduler")
+        retarget_optimizer(optimizer, trainable, lora, [scheduler] if scheduler is not None else [])
+
+
+def _refuse_setup(owner: str, trainer: Trainer, injection: bool) -> None:
+    """What cannot work under this ``Trainer``'s settings: a clear error, before anything trains."""
+    args = trainer.args
+    if getattr(trainer, "is_deepspeed_enabled", False) or getattr(args, "deepspeed", None):
+        raise NotImplementedError(
+            f"{owner} does not support DeepSpeed (TrainingArguments(deepspeed={args.deepspeed!r})): ZeRO keeps "
+            "gradients in partitioned buffers of its own, so a parameter's `.grad` is not its gradient. Remove "
+            "`deepspeed=` (or the callback)."
+        )
+    if getattr(trainer, "is_fsdp_enabled", False) or getattr(args, "fsdp", None):
+        raise NotImplementedError(
+            f"{owner} does not support FSDP in the Hugging Face Trainer (TrainingArguments(fsdp={args.fsdp!r})): "
+            "FSDP1 leaves each rank a flat shard that looks like a whole gradient, and the injection cannot add "
+            "modules to a sharded model. Remove `fsdp=`, or use the Lightning callbacks with FSDP2."
+        )
+    if injection and args.world_size > 1:
+        raise NotImplementedError(
+            f"{owner} in the Hugging Face Trainer runs in one process only, but this run has "
+            f"world_size={args.world_size}: the Trainer's DDP wrapper is built before training and cannot be "
+            "rebuilt around the new trainable set. Run on one device, or use the Lightning InjectionCallback (DDP "
+            "and FSDP2)."
+        )
+
+
+def _epoch(state: Any) -> int:
+    """The index of the epoch that starts (``state.epoch`` is a float, exact at epoch boundaries)."""
+    e = float(state.epoch or 0.0)
+    return round(e) if abs(e - round(e)) < 1e-6 else math.floor(e)
+
+
+class _HFGlue(TrainerCallback):
+    """The Hugging Face glue shared by the four callbacks: the binding to a ``Trainer`` and the refusals."""
+
+    _hf: HFHost | None = None
+    _active = False
+
+    def _bound(self) -> HFHost:
+        if self._hf is None:
+            raise RuntimeError(
+                f"{type(self).__name__} is not bound to its Trainer: call "
+                "`lightning_inflect.integrations.transformers.watch(trainer)` after creating the Trainer and before "
+                "`trainer.train()` (a TrainerCallback never sees the Trainer, whose log path and model it needs)."
+            )
+        return self._hf
+
+    def _start(self, injection: bool) -> HFHost:
+        host = self._bound()
+        _refuse_setup(type(self).__name__, host.trainer, injection)
+        self._active = True
+        return host
+
+    def _finish(self) -> None:
+        """The last inflect callback to end the run closes the TensorBoard writer it kept (:meth:`HFHost.close_writer`)."""
+        wiring = _WIRINGS.get(self._hf.trainer) if self._hf is not None else None
+        if wiring is not None and not any(cb._active for cb in wiring.callbacks()):
+            wiring.host.close_writer()
+
+    # the events the wiring of watch() delivers
+    def _micro_batch(self, host: HFHost, batch: dict[str, Any]) -> None: ...
+
+    def _gradients_complete(self, host: HFHost) -> None: ...
+
+
+class _HFMonitor(MonitorCore, _HFGlue):
+    """Hugging Face glue of the monitors: each event hands the :class:`HFHost` to the core."""
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        host = self._start(injection=False)
+        self._checkpoint = host.resume_from
+        self.begin_fit(host, host.trainer.model)
+        saved = _saved_states(host).get(self.state_key)
+        if saved is not None:
+            self.load_state_dict(saved)  # checked whole already, before the weights loaded
+        self.fit_started(host)
+
+    def _micro_batch(self, host: HFHost, batch: dict[str, Any]) -> None:
+        self.batch_started(host, batch)
+
+    def _gradients_complete(self, host: HFHost) -> None:
+        self.before_optimizer_step(host, _unwrap(host.trainer.optimizer, "optimizer"))
+
+    def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self._active and self._hf is not None:
+            # state.global_step still counts the steps before this one: flush this step's values, logged at it
+            self.batch_ended(self._hf, steps_done=state.global_step + 1)
+            self._hf.emit()
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if not self._active or self._hf is None:
+            return
+        self.train_ended(self._hf)
+        self._hf.emit()
+        self._active = False
+        self.end_fit(self._hf.key)
+        self._finish()
+
+
+class AttentionEntropyMonitor(EntropyMonitorCore, _HFMonitor):
+    """:class:`lightning_inflect.AttentionEntropyMonitor` for the Hugging Face ``Trainer``: the same options,
+    logged keys (``inflect/attn_entropy/layer_LL``, ...), ``.history`` and values; see :func:`watch`."""
+
+
+class GradientNormMonitor(GradientNormCore, _HFMonitor):
+    """:class:`lightning_inflect.GradientNormMonitor` for the Hugging Face ``Trainer``: the same options, logged
+    keys (``inflect/act_grad_norm/layer_LL``, ``inflect/param_grad_norm/layer_LL``), ``.history`` and values, of
+    the accumulated, unclipped gradients; see :func:`watch`."""
+
+
+class CKADriftMonitor(CKADriftCore, _HFMonitor):
+    """:class:`lightning_inflect.CKADriftMonitor` for the Hugging Face ``Trainer``: the same options, logged keys
+    (``inflect/cka_drift/layer_LL``), ``.history`` and values; see :func:`watch`."""
+
+
+class InjectionCallback(InjectionCore, _HFGlue):
+    """:class:`lightning_inflect.InjectionCallback` for the Hugging Face ``Trainer``: the same options, schedule
+    (``at_step`` counts ``state.global_step``; ``at_fraction`` of ``state.max_steps``; ``at_epoch``), selection,
+    logged keys and export.
+
+    At the planned step's first micro-batch it freezes the backbone except the head, attaches peft LoRA at the
+    chosen blocks (logits unchanged: ``B`` starts at zero) and makes the ``Trainer``'s optimizer and scheduler train
+    exactly that set from this step on: frozen parameters leave their groups, the adapters join one new group that
+    copies group 0 (its current learning rate, weight decay) and follows group 0's schedule (the linear schedule's
+    lambda, not restarted). A user's ``PeftModel`` keeps its adapters active. At the end of ``train()`` the
+    adapters are saved in ``<export_dir>/inflect_adapters`` (default: ``args.output_dir``).
+    """
+
+    _resumed_lora: list[torch.nn.Parameter] | None = None
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        host = self._start(injection=True)
+        if self._fit is None:  # a resume began the fit already, to re-attach the adapters before the weights loaded
+            self.begin_fit(host, host.trainer.model)
+        epochs = args.num_train_epochs if args.max_steps <= 0 else None
+        self.fit_planned(host, state.max_steps, args.max_steps, None if epochs is None else math.ceil(epochs))
+
+    def _resume(self, host: HFHost, saved: Mapping[str, Any]) -> None:
+        """Before the weights load: enter the saved state; an injected one re-attaches the adapters."""
+        _refuse_setup(type(self).__name__, host.trainer, injection=True)
+        self.begin_fit(host, host.trainer.model)
+        state = saved.get(self.state_key)
+        if state is None:
+            return
+        lora = self.enter_saved(state, host.resume_from)
+        self._resumed_lora = lora if self.injected else None
+
+    def _optimizer_created(self, host: HFHost) -> None:
+        """The ``Trainer`` created its optimizer (over the re-attached adapters): give it the saved groups."""
+        if self._resumed_lora is not None and self._fit is not None:
+            host.retarget(lora_parameters(self._fit.model, self.adapter_name))
+            self._resumed_lora = None
+
+    def on_epoch_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self._active:
+            self.epoch_started(_epoch(state), state.global_step)
+
+    def _micro_batch(self, host: HFHost, batch: dict[str, Any]) -> None:
+        self.batch_started(host, batch)
+
+    def _gradients_complete(self, host: HFHost) -> None:
+        self.before_optimizer_step(host)
+
+    def on_substep_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self._active and self._hf is not None:
+            self.batch_ended(self._hf)
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self._active and self._hf is not None:
+            self.batch_ended(self._hf)
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if not self._active or self._hf is None:
+            return
+        self._active = False
+        self.save_adapters(self._hf, args.output_dir)
+        self.end_fit()
+        self._finish()
+
+
+# ------------------------------------------------------------------------------------------------------- wiring
+_Inflect = (_HFMonitor, InjectionCallback)
+
+
+class _Wiring:
+    """What :func:`watch` installs on one ``Trainer``: the micro-batch hook, the gradients-complete hook, the
+    checkpoint state, the resume."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer_ref = weakref.ref(trainer)
+        self.host = HFHost(trainer)
+        self.saved: dict[str, Any] = {}
+        self._last_complete: int | None = None
+        self._hook = trainer.model.register_forward_pre_hook(self._pre_forward, with_kwargs=True)
+        accelerator = trainer.accelerator
+        clip = accelerator.clip_grad_norm_
+
+        def clip_grad_norm_(*args: Any, **kwargs: Any) -> Any:
+            self._complete()
+            return clip(*args, **kwargs)
+
+        accelerator.clip_grad_norm_ = clip_grad_norm_
+        create = trainer.create_optimizer
+
+        def create_optimizer(*args: Any, **kwargs: Any) -> Any:
+            optimizer = create(*args, **kwargs)
+            for cb in self.callbacks():
+                if isinstance(cb, InjectionCallback):
+                    cb._optimizer_created(self.host)
+            return optimizer
+
+        trainer.create_optimizer = create_optimizer  # type: ignore[method-assign]
+        train = trainer.train
+
+        def train_(resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
+            self.begin(resume_from_checkpoint)
+            return train(resume_from_checkpoint, *args, **kwargs)
+
+        train_.__doc__ = train.__doc__
+        trainer.train = train_  # type: ignore[method-assign]
+
+    def callbacks(self) -> list[Any]:
+        trainer = self.trainer_ref()
+        return [cb for cb in trainer.callback_handler.callbacks if isinstance(cb, _Inflect)] if trainer else []
+
+    def bind(self) -> None:
+        for cb in self.callbacks():
+            cb._hf = self.host
+
+    def _active(self) -> list[Any]:
+        return [cb for cb in self.callbacks() if cb._active]
+
+    def _pre_forward(self, module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        if not module.training or not torch.is_grad_enabled():
+            return  # evaluation, prediction, the probe's own forward
+        active = self._active()
+        if not active:
+            return
+        batch = {k: v for k, v in kwargs.items() if k != "num_items_in_batch"}  # the Trainer's loss argument
+        for cb in active:
+            cb._micro_batch(self.host, batch)
+        self.host.emit()  # the injection's report
+
+    def _complete(self) -> None:
+        step = self.host.global_step
+        if self._last_complete == step:  # once per optimizer step
+            return
+        self._last_complete = step
+        for cb in self._active():
+            cb._gradients_complete(self.host)
+        self.host.emit()
+
+    def begin(self, resume_from_checkpoint: str | bool | None) -> None:
+        """Before ``Trainer.train`` loads anything: bind, resolve the checkpoint, check and enter the saved state."""
+        self.bind()
+        trainer = self.trainer_ref()
+        assert trainer is not None
+        self._last_complete = None
+        path = resume_from_checkpoint
+        if isinstance(path, bool):
+            path = get_last_checkpoint(trainer.args.output_dir) if path else None
+        self.host.resume_from = None if path is None else str(path)
+        self.saved = _read_state(self.host.resume_from, self.callbacks()) if path is not None else {}
+        if path is None:
+            return
+        for cb in self.callbacks():
+            if isinstance(cb, InjectionCallback):
+                cb._resume(self.host, self.saved)
+        _check_weights(self.host.resume_from, self.callbacks(), self.saved)
+
+
+class _StateSaver(TrainerCallback):
+    """Writes the inflect callbacks' state into each checkpoint folder (``on_save`` runs right after it is made)."""
+
+    def __init__(self, wiring: _Wiring) -> None:
+        self.wiring = wiring
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        callbacks = self.wiring.callbacks()
+        states = {cb.state_key: cb.state_dict() for cb in callbacks}  # every rank: the monitors flush
+        self.wiring.host.emit()
+        if not callbacks or not state.is_world_process_zero:
+            return
+        folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        if folder.is_dir():
+            torch.save(states, folder / STATE_FILE)
+
+
+def _saved_states(host: HFHost) -> Mapping[str, Any]:
+    wiring = _WIRINGS.get(host.trainer)
+    return wiring.saved if wiring is not None else {}
+
+
+def _read_state(checkpoint: str | None, callbacks: Sequence[Any]) -> dict[str, Any]:
+    """The inflect state of ``checkpoint``, each callback's checked whole before anything changes."""
+    if checkpoint is None:
+        return {}
+    file = Path(checkpoint) / STATE_FILE
+    if not file.is_file():
+        if callbacks:
+            warnings.warn(
+                f"The checkpoint {checkpoint!r} has no {STATE_FILE} (it was not written with these callbacks): the "
+                "monitors start new histories and a pending injection plans anew.",
+                stacklevel=3,
+            )
+        return {}
+    saved = torch.load(file, map_location="cpu", weights_only=True)
+    if not isinstance(saved, Mapping):
+        raise checkpoint_state_error(checkpoint, STATE_FILE, "file", "a dict {state_key: state}", saved)
+    for cb in callbacks:
+        if cb.state_key in saved and isinstance(cb, MonitorCore):
+            cb._checkpoint = checkpoint
+            # the blocks are known once the fit began; the whole state's shape is checked here, its blocks there
+            if not isinstance(saved[cb.state_key], Mapping):
+                raise checkpoint_state_error(checkpoint, cb.state_key, "state", "a dict", saved[cb.state_key])
+    return dict(saved)
+
+
+def _check_weights(checkpoint: str | None, callbacks: Sequence[Any], saved: Mapping[str, Any]) -> None:
+    """The checkpoint's weights hold an injection's adapter exactly when its saved state says it happened."""
+    if checkpoint is None:
+        return
+    file = Path(checkpoint) / "model.safetensors"
+    if not file.is_file():
+        return
+    from safetensors import safe_open
+
+    with safe_open(str(file), framework="pt") as f:
+        keys = list(f.keys())
+    for cb in callbacks:
+        if not isinstance(cb, InjectionCallback):
+            continue
+        ours = any(".lora_" in k and f".{cb.adapter_name}." in k for k in keys)
+        if ours != cb.injected:
+            held = "hold" if ours else "do not hold"
+            raise CheckpointStateError(
+                f"{cb.lifecycle.owner} cannot resume from {checkpoint!r}: its state says "
+                f"{cb.lifecycle.phase.value!r} but the weights {held} adapter {cb.adapter_name!r}. Resume with the "
+                "InjectionCallback arguments that wrote the checkpoint, or from another checkpoint."
+            )
+
+
+_WIRINGS: weakref.WeakKeyDictionary[Trainer, _Wiring] = weakref.WeakKeyDictionary()
+
+
+def watch(trainer: Trainer, *callbacks: TrainerCallback) -> Trainer:
+    """Bind the inflect callbacks of ``trainer`` (those in its ``callbacks=[...]``, and ``callbacks`` given here,
+    which are added) to it, and wire the hooks they need (see the module's documentation). Call it once, after
+    creating the ``Trainer`` and before ``trainer.train()``; returns ``trainer``.
+
+    Raises:
+        TypeError: when ``trainer`` is not a ``transformers.Trainer``, or a callback is not a ``TrainerCallback``.
+    """
+    if not isinstance(trainer, Trainer):
+        raise TypeError(
+            f"Expected argument `trainer` to be a transformers.Trainer (or a subclass such as TRL's SFTTrainer) but "
+            f"got {type(trainer).__name__}. For Lightning, add the callbacks of `lightning_inflect` to its Trainer."
+        )
+    for cb in callbacks:
+        if not isinstance(cb, TrainerCallback):
+            raise TypeError(
+                f"Expected the callbacks given to `watch` to be TrainerCallbacks but got {type(cb).__name__}: use the "
+                "callbacks of `lightning_inflect.integrations.transformers`, not the Lightning ones."
+            )
+        trainer.add_callback(cb)
+    lightning = [
+        type(cb).__name__
+        for cb in trainer.callback_handler.callbacks
+        if type(cb).__module__.startswith("lightning_inflect.callbacks")
+    ]
+    if lightning:
+        raise TypeError(
+            f"The Trainer holds Lightning callbacks {lightning}: import them from "
+            "`lightning_inflect.integrations.transformers` for the Hugging Face Trainer."
+        )
+    wiring = _WIRINGS.get(trainer)
+    if wiring is None:
+        wiring = _WIRINGS[trainer] = _Wiring(trainer)
+        trainer.add_callback(_StateSaver(wiring))
+    wiring.bind()
+    return trainer
