@@ -277,10 +277,10 @@ def test_a_model_without_blocks_is_refused_at_train_begin(tmp_path):
 
 
 def test_watch_refuses_what_is_not_a_hf_trainer_or_its_callbacks(tmp_path):
-    with pytest.raises(TypeError, match="transformers.Trainer"):
+    with pytest.raises(TypeError, match=r"transformers\.Trainer"):
         hf.watch(object())  # type: ignore[arg-type]
     trainer = Trainer(model=tiny_model("bert"), args=_args(tmp_path), train_dataset=TokenData(8))
-    with pytest.raises(TypeError, match="integrations.transformers"):
+    with pytest.raises(TypeError, match=r"integrations\.transformers"):
         hf.watch(trainer, li.GradientNormMonitor(2))
 
 

@@ -117,6 +117,11 @@ class HFHost:
         return self.trainer
 
     @property
+    def model(self) -> torch.nn.Module:
+        """The ``Trainer``'s model (``trainer.model``); a ``Trainer`` is never built without one."""
+        return _model_of(self.trainer)
+
+    @property
     def global_step(self) -> int:
         return self.trainer.state.global_step
 
@@ -221,7 +226,7 @@ class HFHost:
         return list(self.trainer.callback_handler.callbacks)
 
     def retarget(self, lora: list[torch.nn.Parameter]) -> None:
-        model = self.trainer.model
+        model = self.model
         trainable = [p for p in model.parameters() if p.requires_grad]
         for p in model.parameters():
             if not p.requires_grad:
@@ -231,6 +236,17 @@ class HFHost:
             return
         scheduler = _unwrap(self.trainer.lr_scheduler, "scheduler")
         retarget_optimizer(optimizer, trainable, lora, [scheduler] if scheduler is not None else [])
+
+
+def _model_of(trainer: Trainer) -> torch.nn.Module:
+    model = trainer.model
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(
+            f"Expected the Trainer's `model` to be a torch.nn.Module but got {type(model).__name__}: the inflect "
+            "callbacks need the model itself (pass `model=` to the Trainer, not only `model_init=`, or call "
+            "`watch(trainer)` after the model is built)."
+        )
+    return model
 
 
 def _refuse_setup(owner: str, trainer: Trainer, injection: bool) -> None:
@@ -285,7 +301,7 @@ class _HFGlue(TrainerCallback):
         return host
 
     def _finish(self) -> None:
-        """The last inflect callback to end the run closes the TensorBoard writer it kept (:meth:`HFHost.close_writer`)."""
+        """The last inflect callback to end the run closes the kept TensorBoard writer (:meth:`HFHost.close_writer`)."""
         wiring = _WIRINGS.get(self._hf.trainer) if self._hf is not None else None
         if wiring is not None and not any(cb._active for cb in wiring.callbacks()):
             wiring.host.close_writer()
@@ -302,7 +318,7 @@ class _HFMonitor(MonitorCore, _HFGlue):
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         host = self._start(injection=False)
         self._checkpoint = host.resume_from
-        self.begin_fit(host, host.trainer.model)
+        self.begin_fit(host, host.model)
         saved = _saved_states(host).get(self.state_key)
         if saved is not None:
             self.load_state_dict(saved)  # checked whole already, before the weights loaded
@@ -364,14 +380,14 @@ class InjectionCallback(InjectionCore, _HFGlue):
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         host = self._start(injection=True)
         if self._fit is None:  # a resume began the fit already, to re-attach the adapters before the weights loaded
-            self.begin_fit(host, host.trainer.model)
+            self.begin_fit(host, host.model)
         epochs = args.num_train_epochs if args.max_steps <= 0 else None
         self.fit_planned(host, state.max_steps, args.max_steps, None if epochs is None else math.ceil(epochs))
 
     def _resume(self, host: HFHost, saved: Mapping[str, Any]) -> None:
         """Before the weights load: enter the saved state; an injected one re-attaches the adapters."""
         _refuse_setup(type(self).__name__, host.trainer, injection=True)
-        self.begin_fit(host, host.trainer.model)
+        self.begin_fit(host, host.model)
         state = saved.get(self.state_key)
         if state is None:
             return
@@ -424,7 +440,7 @@ class _Wiring:
         self.host = HFHost(trainer)
         self.saved: dict[str, Any] = {}
         self._last_complete: int | None = None
-        self._hook = trainer.model.register_forward_pre_hook(self._pre_forward, with_kwargs=True)
+        self._hook = _model_of(trainer).register_forward_pre_hook(self._pre_forward, with_kwargs=True)
         accelerator = trainer.accelerator
         clip = accelerator.clip_grad_norm_
 
