@@ -305,3 +305,29 @@ def test_a_users_peft_model_keeps_its_adapter_and_task_head_active(tmp_path):
     assert ours and all(".layer.1." in name for name in ours)
     moved = {n: p for n, p in model.named_parameters() if n in head}
     assert head and all(not torch.equal(moved[n], v) for n, v in head.items())  # their task head trained
+
+
+def _peft_resume_run(tmp_path, resume: bool, out: str):
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    config = LoraConfig(task_type="SEQ_CLS", r=4, target_modules=["query", "value"], init_lora_weights=False)
+    model = get_peft_model(tiny_model("bert", **NO_DROPOUT), config)
+    inject = hf.InjectionCallback(layers=[1], at_step=2, export=False)
+    args = _args(tmp_path, output_dir=str(tmp_path / out), save_strategy="steps", save_steps=4, max_steps=8)
+    trainer = Trainer(model=model, args=args, train_dataset=TokenData(BATCH * 8, seed=1), callbacks=[inject])
+    hf.watch(trainer)
+    trainer.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-4") if resume else None)
+    return trainer, inject
+
+
+def test_a_users_peft_model_resumes_after_the_injection_bit_exact(tmp_path):
+    # The Trainer saves a PeftModel through its own save_pretrained (its adapters only) and loads it back with
+    # load_adapter: our adapter's weights must still travel with the checkpoint and come back.
+    full, full_inject = _peft_resume_run(tmp_path, resume=False, out="full")
+    resumed, inject = _peft_resume_run(tmp_path, resume=True, out="resumed")
+    assert inject.injected and inject.record.to_dict() == full_inject.record.to_dict()
+    want = dict(full.model.named_parameters())
+    got = dict(resumed.model.named_parameters())
+    assert set(got) == set(want) and any(f".{inject.adapter_name}." in n for n in got)
+    assert all(torch.equal(got[n], want[n]) for n in want), [n for n in want if not torch.equal(got[n], want[n])]

@@ -27,9 +27,8 @@ from lightning_inflect.callbacks.injection_sharded import (
 from lightning_inflect.callbacks.lightning_internals import callback_state_in_checkpoint
 from lightning_inflect.callbacks.loggers import log_text
 from lightning_inflect.callbacks.resume import before_weights_load_hooks, remove_hooks
-from lightning_inflect.core.injection import InjectionCore
-from lightning_inflect.injection import existing_adapters, lora_parameters, retarget_optimizer
-from lightning_inflect.validation import CheckpointStateError
+from lightning_inflect.core.injection import InjectionCore, check_weights_match_state, holds_adapter
+from lightning_inflect.injection import existing_adapters, lora_parameters, retarget_optimizers
 
 __all__ = ["InjectionCallback", "LightningInjectionHost"]
 
@@ -52,24 +51,6 @@ def _check_fit(trainer: pl.Trainer, pl_module: pl.LightningModule, merged: bool)
         check_sharded(strategy, merged)
 
 
-def _check_weights_match_state(cb: InjectionCore, ckpt: Any, found: bool, ours: bool) -> None:
-    """A checkpoint's weights hold ``cb``'s adapter (``ours``) exactly when its saved state (``found``) says the
-    injection happened; anything else was written by other code or edited."""
-    if not found and ours:
-        raise CheckpointStateError(
-            f"The checkpoint {ckpt!r} holds LoRA weights of adapter {cb.adapter_name!r} but no state of "
-            f"{type(cb).__name__} {cb.state_key!r}: resume with the InjectionCallback arguments "
-            "(at_step/at_epoch/at_fraction) that made it."
-        )
-    if found and ours != cb.injected:
-        held = "hold" if ours else "do not hold"
-        raise CheckpointStateError(
-            f"{cb.lifecycle.owner} cannot resume from {ckpt!r}: its state says {cb.lifecycle.phase.value!r} but the "
-            f"model's weights {held} adapter {cb.adapter_name!r}. The checkpoint was written by other code or "
-            "edited; resume from another checkpoint."
-        )
-
-
 def _default_export_dir(trainer: pl.Trainer) -> str:
     """The checkpoint folder, else the log folder, else the Trainer's root folder."""
     ckpt_dir = getattr(trainer.checkpoint_callback, "dirpath", None)
@@ -77,15 +58,9 @@ def _default_export_dir(trainer: pl.Trainer) -> str:
 
 
 def _retarget_optimizers(trainer: pl.Trainer, pl_module: pl.LightningModule, lora: list[torch.nn.Parameter]) -> None:
-    """Every optimizer trains exactly the module's trainable set, the adapters in one new group of their own. The
-    frozen parameters' last gradients go too: no optimizer clears them any more, and they would be stale."""
-    trainable = [p for p in pl_module.parameters() if p.requires_grad]
-    for p in pl_module.parameters():
-        if not p.requires_grad:
-            p.grad = None
+    """Every optimizer of the Trainer trains exactly the module's trainable set (:func:`retarget_optimizers`)."""
     schedulers = [config.scheduler for config in trainer.lr_scheduler_configs]
-    for optimizer in trainer.optimizers:
-        retarget_optimizer(optimizer, trainable, lora, schedulers)
+    retarget_optimizers(pl_module, trainer.optimizers, lora, schedulers)
 
 
 def _rewrap_ddp(trainer: pl.Trainer) -> None:
@@ -269,10 +244,10 @@ class InjectionCallback(InjectionCore, Callback):
             if found:
                 self._enter_saved(trainer, state, dormant=True)
             return
-        ours = any(".lora_" in k and f".{self.adapter_name}." in k for k in state_dict)  # not a model's own adapters
+        ours = holds_adapter(state_dict, self.adapter_name)
         if found:
             self._enter_saved(trainer, state, dormant=False)
-        _check_weights_match_state(self, trainer.ckpt_path, found, ours)
+        check_weights_match_state(self, trainer.ckpt_path, found, ours)
 
     def _enter_saved(self, trainer: pl.Trainer, state: Any, dormant: bool) -> None:
         fit = self._inputs()

@@ -19,7 +19,7 @@ Hugging Face one (:class:`lightning_inflect.integrations.transformers.InjectionC
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -54,6 +54,7 @@ from lightning_inflect.names import (
 )
 from lightning_inflect.selection import SKI, GradientSuppressionTrigger, Selection, Selector, select_or_fall_back
 from lightning_inflect.validation import (
+    CheckpointStateError,
     check_bool,
     check_callable,
     check_choice,
@@ -65,7 +66,15 @@ from lightning_inflect.validation import (
 if TYPE_CHECKING:
     from peft import LoraConfig
 
-__all__ = ["EXPORT_FOLDER", "InjectionCore", "InjectionHost", "injection_report", "report_injection"]
+__all__ = [
+    "EXPORT_FOLDER",
+    "InjectionCore",
+    "InjectionHost",
+    "check_weights_match_state",
+    "holds_adapter",
+    "injection_report",
+    "report_injection",
+]
 
 EmptyPolicy = Literal["raise", "skip", "fallback"]
 
@@ -135,6 +144,37 @@ def report_injection(host: InjectionHost, record: InjectionRecord, prefix: str, 
     if host.is_global_zero:
         host.log_text(run_key(prefix, INJECTION), text, record.step)
     host.info(text.replace("**", ""))
+
+
+def holds_adapter(keys: Iterable[str], adapter_name: str) -> bool:
+    """Whether a state dict's ``keys`` hold LoRA tensors of the adapter ``adapter_name`` (not a model's own ones).
+
+    Example:
+        >>> holds_adapter(["encoder.layer.1.query.lora_A.inflect.weight"], "inflect")
+        True
+        >>> holds_adapter(["encoder.layer.1.query.lora_A.default.weight"], "inflect")
+        False
+    """
+    return any(".lora_" in k and f".{adapter_name}." in k for k in keys)
+
+
+def check_weights_match_state(cb: InjectionCore, checkpoint: Any, found: bool, ours: bool) -> None:
+    """A checkpoint's weights hold ``cb``'s adapter (``ours``) exactly when its saved state (``found``, entered in
+    ``cb``) says the injection happened; anything else was written by other code or edited: a
+    :class:`~lightning_inflect.validation.CheckpointStateError` naming the checkpoint, the callback and the fix."""
+    if not found and ours:
+        raise CheckpointStateError(
+            f"The checkpoint {checkpoint!r} holds LoRA weights of adapter {cb.adapter_name!r} but no state of "
+            f"{type(cb).__name__} {cb.state_key!r}: resume with the InjectionCallback arguments "
+            "(at_step/at_epoch/at_fraction) that made it."
+        )
+    if found and ours != cb.injected:
+        held = "hold" if ours else "do not hold"
+        raise CheckpointStateError(
+            f"{cb.lifecycle.owner} cannot resume from {checkpoint!r}: its state says {cb.lifecycle.phase.value!r} but "
+            f"the model's weights {held} adapter {cb.adapter_name!r}. The checkpoint was written by other code or "
+            "edited; resume from another checkpoint."
+        )
 
 
 def _check_which_blocks(

@@ -20,7 +20,9 @@ from lightning_inflect.injection.lora import (
     lora_settings,
     plan_injection,
     resolve_targets,
+    restore_training_setup,
     targeted_config,
+    training_setup,
     user_adapter_parameters,
     wrapped_modules,
 )
@@ -29,6 +31,7 @@ from lightning_inflect.injection.optim import (
     drop_frozen_parameters,
     extend_scheduler,
     retarget_optimizer,
+    retarget_optimizers,
 )
 from lightning_inflect.injection.schedule import InjectionSchedule
 
@@ -59,8 +62,11 @@ __all__ = [
     "plan_injection",
     "probe_diagnostics",
     "resolve_targets",
+    "restore_training_setup",
     "retarget_optimizer",
+    "retarget_optimizers",
     "targeted_config",
+    "training_setup",
     "user_adapter_parameters",
     "wrapped_modules",
 ]

@@ -420,6 +420,45 @@ def existing_adapters(model: nn.Module) -> set[str]:
     return {name for layer in _lora_layers(model).values() for name in layer.lora_A}
 
 
+def training_setup(model: nn.Module) -> dict[str, Any]:
+    """What an injected model trains with: every adapter-carrying module's active adapters and every parameter's
+    ``requires_grad``, by name. A loop that reloads adapters behind the injection's back (the Hugging Face
+    ``Trainer`` resuming a ``PeftModel`` activates only the first adapter and loads the others frozen) puts it back
+    with :func:`restore_training_setup`.
+
+    Example:
+        >>> import torch
+        >>> net = torch.nn.Linear(2, 2)
+        >>> setup = training_setup(net)
+        >>> net.bias.requires_grad_(False)
+        Parameter containing:...
+        >>> restore_training_setup(net, setup), net.bias.requires_grad
+        (['bias'], True)
+    """
+    return {
+        "active": active_adapters(model),
+        "requires_grad": {name: p.requires_grad for name, p in model.named_parameters()},
+    }
+
+
+def restore_training_setup(model: nn.Module, setup: dict[str, Any]) -> list[str]:
+    """Make ``model``'s active adapters and ``requires_grad`` flags those of ``setup`` (:func:`training_setup`);
+    returns the names of the modules and parameters that had to change."""
+    changed = []
+    layers = _adapter_layers(model)
+    for name, names in setup["active"].items():
+        layer = layers.get(name)
+        if layer is not None and list(layer.active_adapters) != names:
+            layer.set_adapter(names)
+            changed.append(name)
+    flags = setup["requires_grad"]
+    for name, p in model.named_parameters():
+        if name in flags and p.requires_grad != flags[name]:
+            p.requires_grad_(flags[name])
+            changed.append(name)
+    return changed
+
+
 def _restore_active(model: nn.Module, before: dict[str, list[str]], ours: str, wrapped: set[str]) -> None:
     """Every adapter-carrying module active as in ``before``, plus adapter ``ours`` where it is in ``wrapped``:
     peft activates only the new adapter in every module it visits, wrappers of a user's task head included."""

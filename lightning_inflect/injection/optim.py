@@ -15,7 +15,13 @@ from typing import Any
 from torch import nn
 from torch.optim import Optimizer
 
-__all__ = ["add_parameter_group", "drop_frozen_parameters", "extend_scheduler", "retarget_optimizer"]
+__all__ = [
+    "add_parameter_group",
+    "drop_frozen_parameters",
+    "extend_scheduler",
+    "retarget_optimizer",
+    "retarget_optimizers",
+]
 
 
 def drop_frozen_parameters(optimizer: Optimizer) -> int:
@@ -123,6 +129,34 @@ def retarget_optimizer(
         for scheduler in schedulers:
             if getattr(scheduler, "optimizer", None) is optimizer:
                 extend_scheduler(scheduler)
+
+
+def retarget_optimizers(
+    module: nn.Module, optimizers: Iterable[Optimizer], new: Sequence[nn.Parameter], schedulers: Sequence[Any]
+) -> None:
+    """Make every optimizer of a training loop train exactly ``module``'s trainable set after an injection, the
+    ``new`` parameters (the adapters) in one group of their own (:func:`retarget_optimizer`). The frozen
+    parameters' last gradients are dropped too: no optimizer clears them any more, and they would be stale (and,
+    under FSDP2, break the optimizer's state dict).
+
+    Example:
+        >>> import torch
+        >>> net, extra = nn.Linear(2, 2), nn.Parameter(torch.zeros(2))
+        >>> opt = torch.optim.SGD(net.parameters(), lr=0.1)
+        >>> net.bias.requires_grad_(False)
+        Parameter containing:...
+        >>> net.bias.grad = torch.ones(2)
+        >>> holder = nn.ParameterList([*net.parameters(), extra])
+        >>> retarget_optimizers(holder, [opt], [extra], [])
+        >>> [len(g["params"]) for g in opt.param_groups], net.bias.grad
+        ([1, 1], None)
+    """
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    for p in module.parameters():
+        if not p.requires_grad:
+            p.grad = None
+    for optimizer in optimizers:
+        retarget_optimizer(optimizer, trainable, new, schedulers)
 
 
 def parameter_names(module: nn.Module, params: Sequence[nn.Parameter]) -> list[str]:

@@ -64,14 +64,20 @@ import torch
 from transformers import Trainer, TrainerCallback
 from transformers.integrations import TensorBoardCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.utils import SAFE_WEIGHTS_NAME
 
 from lightning_inflect.core.cka import CKADriftCore
 from lightning_inflect.core.entropy import EntropyMonitorCore
 from lightning_inflect.core.grads import GradientNormCore
-from lightning_inflect.core.injection import InjectionCore
+from lightning_inflect.core.injection import InjectionCore, check_weights_match_state, holds_adapter
 from lightning_inflect.core.monitor import MonitorCore
-from lightning_inflect.injection import lora_parameters, retarget_optimizer
-from lightning_inflect.validation import CheckpointStateError, checkpoint_state_error
+from lightning_inflect.injection import (
+    lora_parameters,
+    restore_training_setup,
+    retarget_optimizers,
+    training_setup,
+)
+from lightning_inflect.validation import checkpoint_state_error
 
 __all__ = [
     "STATE_FILE",
@@ -226,16 +232,13 @@ class HFHost:
         return list(self.trainer.callback_handler.callbacks)
 
     def retarget(self, lora: list[torch.nn.Parameter]) -> None:
-        model = self.model
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        for p in model.parameters():
-            if not p.requires_grad:
-                p.grad = None  # no optimizer clears them any more: they would be stale
+        """The ``Trainer``'s one optimizer and scheduler (inside accelerate's wrappers) train exactly the model's
+        trainable set (:func:`~lightning_inflect.injection.retarget_optimizers`); before the ``Trainer`` created
+        them (a resume re-attaching its adapters), only the stale gradients go."""
         optimizer = _unwrap(self.trainer.optimizer, "optimizer")
-        if optimizer is None:
-            return
         scheduler = _unwrap(self.trainer.lr_scheduler, "scheduler")
-        retarget_optimizer(optimizer, trainable, lora, [scheduler] if scheduler is not None else [])
+        optimizers = [optimizer] if optimizer is not None else []
+        retarget_optimizers(self.model, optimizers, lora, [scheduler] if scheduler is not None else [])
 
 
 def _model_of(trainer: Trainer) -> torch.nn.Module:
@@ -376,6 +379,7 @@ class InjectionCallback(InjectionCore, _HFGlue):
     """
 
     _resumed_lora: list[torch.nn.Parameter] | None = None
+    _resumed_setup: dict[str, Any] | None = None
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         host = self._start(injection=True)
@@ -393,6 +397,17 @@ class InjectionCallback(InjectionCore, _HFGlue):
             return
         lora = self.enter_saved(state, host.resume_from)
         self._resumed_lora = lora if self.injected else None
+        self._resumed_setup = training_setup(self._inputs().model) if self.injected else None
+
+    def _creating_optimizer(self, host: HFHost) -> None:
+        """The ``Trainer`` loaded the checkpoint's weights and is about to create its optimizer. Resuming a
+        ``PeftModel``, it reloads every saved adapter (``load_adapter``), ours too, then activates only its first
+        one and leaves the others frozen: the injected model's active adapters and trainable set are put back."""
+        if self._resumed_setup is not None and self._fit is not None:
+            changed = restore_training_setup(self._fit.model, self._resumed_setup)
+            self._resumed_setup = None
+            if changed:
+                host.info(f"{type(self).__name__}: the injected adapters' active set and trainable flags restored.")
 
     def _optimizer_created(self, host: HFHost) -> None:
         """The ``Trainer`` created its optimizer (over the re-attached adapters): give it the saved groups."""
@@ -452,10 +467,12 @@ class _Wiring:
         create = trainer.create_optimizer
 
         def create_optimizer(*args: Any, **kwargs: Any) -> Any:
+            injections = [cb for cb in self.callbacks() if isinstance(cb, InjectionCallback)]
+            for cb in injections:
+                cb._creating_optimizer(self.host)
             optimizer = create(*args, **kwargs)
-            for cb in self.callbacks():
-                if isinstance(cb, InjectionCallback):
-                    cb._optimizer_created(self.host)
+            for cb in injections:
+                cb._optimizer_created(self.host)
             return optimizer
 
         trainer.create_optimizer = create_optimizer  # type: ignore[method-assign]
@@ -569,7 +586,7 @@ def _check_weights(checkpoint: str | None, callbacks: Sequence[Any], saved: Mapp
     """The checkpoint's weights hold an injection's adapter exactly when its saved state says it happened."""
     if checkpoint is None:
         return
-    file = Path(checkpoint) / "model.safetensors"
+    file = Path(checkpoint) / SAFE_WEIGHTS_NAME
     if not file.is_file():
         return
     from safetensors import safe_open
@@ -577,16 +594,8 @@ def _check_weights(checkpoint: str | None, callbacks: Sequence[Any], saved: Mapp
     with safe_open(str(file), framework="pt") as f:
         keys = list(f.keys())
     for cb in callbacks:
-        if not isinstance(cb, InjectionCallback):
-            continue
-        ours = any(".lora_" in k and f".{cb.adapter_name}." in k for k in keys)
-        if ours != cb.injected:
-            held = "hold" if ours else "do not hold"
-            raise CheckpointStateError(
-                f"{cb.lifecycle.owner} cannot resume from {checkpoint!r}: its state says "
-                f"{cb.lifecycle.phase.value!r} but the weights {held} adapter {cb.adapter_name!r}. Resume with the "
-                "InjectionCallback arguments that wrote the checkpoint, or from another checkpoint."
-            )
+        if isinstance(cb, InjectionCallback):
+            check_weights_match_state(cb, checkpoint, cb.state_key in saved, holds_adapter(keys, cb.adapter_name))
 
 
 _WIRINGS: weakref.WeakKeyDictionary[Trainer, _Wiring] = weakref.WeakKeyDictionary()
