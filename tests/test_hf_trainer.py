@@ -331,3 +331,61 @@ def test_a_users_peft_model_resumes_after_the_injection_bit_exact(tmp_path):
     got = dict(resumed.model.named_parameters())
     assert set(got) == set(want) and any(f".{inject.adapter_name}." in n for n in got)
     assert all(torch.equal(got[n], want[n]) for n in want), [n for n in want if not torch.equal(got[n], want[n])]
+
+
+def test_auto_injection_chooses_what_the_lightning_callback_chooses_and_reports_it(tmp_path):
+    # SKI by default, from the monitors' histories: the same blocks and scores as in Lightning on the same run, the
+    # scores and trainable count in state.log_history at the injection step, the text report in TensorBoard.
+    torch.manual_seed(0)
+    model = tiny_model("bert", num_hidden_layers=4, **NO_DROPOUT)
+    lit_model = copy.deepcopy(model)
+    hf_inject = hf.InjectionCallback(auto=True, at_step=4, export=False)
+    trainer = _hf_run(tmp_path, model, 1, [*_monitors(hf, every=1), hf_inject], report_to=["tensorboard"])
+    lit_inject = li.InjectionCallback(auto=True, at_step=4, export=False)
+    pl.Trainer(
+        callbacks=[*_monitors(li, every=1), lit_inject], logger=False, max_steps=STEPS, gradient_clip_val=1.0,
+        accelerator="cpu", enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    ).fit(_Lightning(lit_model, 1.0), DataLoader(TokenData(BATCH * STEPS, seed=1), batch_size=BATCH))  # fmt: skip
+    ours, theirs = hf_inject.record, lit_inject.record
+    assert ours is not None and theirs is not None and ours.step == theirs.step == 4
+    assert ours.layers == theirs.layers and "SKI" in ours.reason
+    # min-max normalised scores in [0, 1], from per-block values equal to rel 1e-5: the normalisation magnifies it
+    torch.testing.assert_close(torch.tensor(ours.scores), torch.tensor(theirs.scores), rtol=0, atol=1e-4)
+    assert ours.trainable_after == theirs.trainable_after
+    at_4 = {k: v for row in trainer.state.log_history if row.get("step") == 4 for k, v in row.items()}
+    assert at_4["inflect/trainable_params"] == ours.trainable_after
+    assert [at_4[layer_key("inflect", "inflection_score", i)] for i in range(4)] == pytest.approx(ours.scores)
+    tb = next(cb for cb in trainer.callback_handler.callbacks if type(cb).__name__ == "TensorBoardCallback")
+    events = EventAccumulator(tb.logging_dir, size_guidance={"tensors": 0}).Reload()
+    text = [e for tag in events.Tags()["tensors"] if tag.startswith("inflect/injection") for e in events.Tensors(tag)]
+    assert [e.step for e in text] == [4]
+    report = text[0].tensor_proto.string_val[0].decode()
+    assert all(str(i) in report for i in ours.layers) and "SKI" in report
+
+
+def _graph_breaks(tmp_path, out: str, with_monitors: bool):
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    monitors = _monitors(hf) if with_monitors else []
+    _hf_run(tmp_path / out, tiny_model("bert", **NO_DROPOUT), 1, monitors, torch_compile=True,
+            torch_compile_backend="eager")  # fmt: skip
+    return sum(counters["graph_break"].values()), monitors
+
+
+def test_torch_compile_true_gets_no_graph_break_from_us_and_the_eager_values(tmp_path):
+    # accelerate compiles the model (TrainingArguments(torch_compile=True)); our micro-batch hook sits on the
+    # compiled module, outside the graph, and logging steps run eagerly: the breaks are those of the run without
+    # monitors, and the values those of the model not compiled.
+    breaks_without, _ = _graph_breaks(tmp_path, "plain", with_monitors=False)
+    breaks_with, compiled = _graph_breaks(tmp_path, "monitored", with_monitors=True)
+    torch.manual_seed(0)
+    eager = _monitors(hf)
+    _hf_run(tmp_path / "eager", tiny_model("bert", **NO_DROPOUT), 1, eager)
+    assert breaks_with == breaks_without
+    for ours, ref in zip(compiled, eager):
+        for metric, hist in ours.history.items():
+            assert hist.steps == ref.history[metric].steps == [0, 2, 4]
+            torch.testing.assert_close(hist.full(), ref.history[metric].full(), rtol=1e-5, atol=1e-7)

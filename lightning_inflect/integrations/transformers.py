@@ -455,7 +455,7 @@ class _Wiring:
         self.host = HFHost(trainer)
         self.saved: dict[str, Any] = {}
         self._last_complete: int | None = None
-        self._hook = _model_of(trainer).register_forward_pre_hook(self._pre_forward, with_kwargs=True)
+        self._hook: Any = None  # on the module the Trainer calls, from on_train_begin on (see hook_model)
         accelerator = trainer.accelerator
         clip = accelerator.clip_grad_norm_
 
@@ -480,7 +480,10 @@ class _Wiring:
 
         def train_(resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
             self.begin(resume_from_checkpoint)
-            return train(resume_from_checkpoint, *args, **kwargs)
+            try:
+                return train(resume_from_checkpoint, *args, **kwargs)
+            finally:
+                self.unhook_model()  # also when train() fails: no hook left on the user's model
 
         train_.__doc__ = train.__doc__
         trainer.train = train_  # type: ignore[method-assign]
@@ -496,8 +499,24 @@ class _Wiring:
     def _active(self) -> list[Any]:
         return [cb for cb in self.callbacks() if cb._active]
 
+    def hook_model(self, trainer: Trainer) -> None:
+        """Hand each training micro-batch to the callbacks: a forward pre-hook on the module the ``Trainer`` calls,
+        ``trainer.model_wrapped`` (the model, or what accelerate made of it: a compiled module, DDP), known
+        from ``on_train_begin`` on. On the outer module the hook runs outside a compiled graph, so that it neither
+        breaks nor is traced into it (the monitors then hold the ``force_eager`` stance on logging steps only)."""
+        self.unhook_model()
+        module = getattr(trainer, "model_wrapped", None)
+        if not isinstance(module, torch.nn.Module):
+            module = _model_of(trainer)
+        self._hook = module.register_forward_pre_hook(self._pre_forward, with_kwargs=True)
+
+    def unhook_model(self) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+
     def _pre_forward(self, module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
-        if not module.training or not torch.is_grad_enabled():
+        if not self.host.model.training or not torch.is_grad_enabled():
             return  # evaluation, prediction, the probe's own forward
         active = self._active()
         if not active:
@@ -535,11 +554,20 @@ class _Wiring:
         _check_weights(self.host.resume_from, self.callbacks(), self.saved)
 
 
-class _StateSaver(TrainerCallback):
-    """Writes the inflect callbacks' state into each checkpoint folder (``on_save`` runs right after it is made)."""
+class _WiringCallback(TrainerCallback):
+    """The wiring's own events: the micro-batch hook for the duration of ``train()``, and the inflect callbacks'
+    state written into each checkpoint folder (``on_save`` runs right after it is made)."""
 
     def __init__(self, wiring: _Wiring) -> None:
         self.wiring = wiring
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        trainer = self.wiring.trainer_ref()
+        if trainer is not None:
+            self.wiring.hook_model(trainer)
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.wiring.unhook_model()
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         callbacks = self.wiring.callbacks()
@@ -634,6 +662,6 @@ def watch(trainer: Trainer, *callbacks: TrainerCallback) -> Trainer:
     wiring = _WIRINGS.get(trainer)
     if wiring is None:
         wiring = _WIRINGS[trainer] = _Wiring(trainer)
-        trainer.add_callback(_StateSaver(wiring))
+        trainer.add_callback(_WiringCallback(wiring))
     wiring.bind()
     return trainer
