@@ -389,3 +389,32 @@ def test_torch_compile_true_gets_no_graph_break_from_us_and_the_eager_values(tmp
         for metric, hist in ours.history.items():
             assert hist.steps == ref.history[metric].steps == [0, 2, 4]
             torch.testing.assert_close(hist.full(), ref.history[metric].full(), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("which", ["monitor", "injection"])
+def test_fsdp_is_refused_at_train_begin_naming_the_setting(tmp_path, which):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).parent
+    env = {**os.environ, "LOCAL_RANK": "0", "RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(29500 + os.getpid() % 1000), "PYTHONPATH": str(here)}  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, str(here / "scripts" / "hf_fsdp_refused.py"), str(tmp_path), which],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert "REFUSED untouched=True steps=0" in done.stdout, done.stdout + done.stderr[-3000:]
+    assert "TrainingArguments(fsdp=" in done.stdout and "Remove `fsdp=`" in done.stdout
+
+
+def test_a_probe_the_model_cannot_take_is_refused_at_train_begin(tmp_path):
+    model = tiny_model("bert", **NO_DROPOUT)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    bad = hf.CKADriftMonitor(every_n_steps=2, probe={"pixel_values": torch.zeros(2, 3, 8, 8)})
+    trainer = hf.watch(Trainer(model=model, args=_args(tmp_path), train_dataset=TokenData(32), callbacks=[bad]))
+    with pytest.raises(ValueError, match="probe") as err:
+        trainer.train()
+    assert "pixel_values" in str(err.value) and trainer.state.global_step == 0
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())

@@ -264,8 +264,9 @@ def _refuse_setup(owner: str, trainer: Trainer, injection: bool) -> None:
     if getattr(trainer, "is_fsdp_enabled", False) or getattr(args, "fsdp", None):
         raise NotImplementedError(
             f"{owner} does not support FSDP in the Hugging Face Trainer (TrainingArguments(fsdp={args.fsdp!r})): "
-            "FSDP1 leaves each rank a flat shard that looks like a whole gradient, and the injection cannot add "
-            "modules to a sharded model. Remove `fsdp=`, or use the Lightning callbacks with FSDP2."
+            "FSDP1 leaves each rank a flat shard that looks like a whole gradient, the Trainer's FSDP2 path is not "
+            "wired to the monitors' shard-aware reductions, and the injection cannot add modules to a sharded "
+            "model. Remove `fsdp=`, or use the Lightning callbacks, which support FSDP2."
         )
     if injection and args.world_size > 1:
         raise NotImplementedError(
