@@ -94,6 +94,7 @@ log = logging.getLogger(__name__)
 STATE_FILE = "inflect_state.pt"
 """The file, inside each ``checkpoint-N`` folder, that holds the inflect callbacks' state (``{state_key: state}``)."""
 
+_LOOP_KWARGS = frozenset({"num_items_in_batch"})  # tensors the Trainer adds to a batch for its loss, not examples
 _TB_PREFIX = "train/"  # what TensorBoardCallback puts before every training key
 
 
@@ -522,7 +523,9 @@ class _Wiring:
         active = self._active()
         if not active:
             return
-        batch = {k: v for k, v in kwargs.items() if k != "num_items_in_batch"}  # the Trainer's loss argument
+        # The examples, not the loop's switches: the Trainer adds `num_items_in_batch` (its loss normalisation), TRL
+        # `use_cache=False` and `fused_lm_head=True` (a loss head that needs labels); the probe runs without them.
+        batch = {k: v for k, v in kwargs.items() if isinstance(v, torch.Tensor) and k not in _LOOP_KWARGS}
         for cb in active:
             cb._micro_batch(self.host, batch)
         self.host.emit()  # the injection's report
