@@ -16,6 +16,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning_inflect.callbacks.lightning_internals import callback_state_in_checkpoint, tensor_parallel_size
 from lightning_inflect.callbacks.loggers import log_heatmap, log_metrics, takes_images
 from lightning_inflect.callbacks.resume import before_weights_load_hooks, remove_hooks
+from lightning_inflect.core.host import scaler_scale
 from lightning_inflect.core.monitor import MonitorCore
 from lightning_inflect.names import OVERHEAD_MS, layer_key
 
@@ -75,11 +76,7 @@ class LightningHost:
         return any(takes_images(lg) for lg in self.trainer.loggers)
 
     def loss_scale(self) -> torch.Tensor | float:
-        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
-        if scaler is None or not getattr(scaler, "is_enabled", lambda: False)():
-            return 1.0
-        scale = getattr(scaler, "_scale", None)  # torch's own tensor: reading it as a float would synchronise
-        return scale if isinstance(scale, torch.Tensor) else float(scaler.get_scale())
+        return scaler_scale(getattr(self.trainer.precision_plugin, "scaler", None))
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         log_metrics(self.trainer, metrics, step)

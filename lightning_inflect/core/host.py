@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from torch import Tensor
 
-__all__ = ["Host"]
+__all__ = ["Host", "scaler_scale"]
 
 
 class Host(Protocol):
@@ -65,3 +65,19 @@ class Host(Protocol):
     def warn(self, message: str) -> None:
         """Warn once per process group (rank 0)."""
         ...
+
+
+def scaler_scale(scaler: Any) -> Tensor | float:
+    """The current scale of a loop's loss scaler (``torch.amp.GradScaler``) without a host sync: its own on-device
+    tensor where it has one, else its float; ``1.0`` without a scaler or with a disabled one. Each loop's
+    :meth:`Host.loss_scale` hands its scaler here.
+
+    Example:
+        >>> import torch
+        >>> scaler_scale(None), scaler_scale(torch.amp.GradScaler("cpu", enabled=False))
+        (1.0, 1.0)
+    """
+    if scaler is None or not getattr(scaler, "is_enabled", lambda: False)():
+        return 1.0
+    scale = getattr(scaler, "_scale", None)  # torch's own tensor: reading it as a float would synchronise
+    return scale if isinstance(scale, Tensor) else float(scaler.get_scale())

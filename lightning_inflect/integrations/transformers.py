@@ -69,6 +69,7 @@ from transformers.utils import SAFE_WEIGHTS_NAME
 from lightning_inflect.core.cka import CKADriftCore
 from lightning_inflect.core.entropy import EntropyMonitorCore
 from lightning_inflect.core.grads import GradientNormCore
+from lightning_inflect.core.host import scaler_scale
 from lightning_inflect.core.injection import InjectionCore, check_weights_match_state, holds_adapter
 from lightning_inflect.core.monitor import MonitorCore
 from lightning_inflect.injection import (
@@ -170,11 +171,7 @@ class HFHost:
         return self._tb_writer() is not None
 
     def loss_scale(self) -> torch.Tensor | float:
-        scaler = getattr(self.trainer.accelerator, "scaler", None)
-        if scaler is None or not getattr(scaler, "is_enabled", lambda: False)():
-            return 1.0
-        scale = getattr(scaler, "_scale", None)  # torch's own tensor: reading it as a float would synchronise
-        return scale if isinstance(scale, torch.Tensor) else float(scaler.get_scale())
+        return scaler_scale(getattr(self.trainer.accelerator, "scaler", None))
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         """Collect ``metrics``; :meth:`emit` sends what the callbacks logged during one event in one ``Trainer.log``
