@@ -19,13 +19,18 @@ integration), its model's micro-batches (no callback sees a batch) and the momen
 not yet clipped (no callback runs there); a resume needs to re-attach the adapters before the ``Trainer`` loads the
 weights and the optimizer, which it does before any callback runs. ``watch(trainer)`` wires these once:
 
-* a forward pre-hook on ``trainer.model`` hands each training micro-batch (the model's keyword inputs) to the
-  callbacks (eval forwards and the probe's own, in eval mode under ``no_grad``, are skipped);
+* a forward pre-hook on the module the ``Trainer`` calls (``trainer.model_wrapped``: the model, or the compiled or
+  DDP module accelerate made of it; set at ``on_train_begin``, removed when ``train()`` ends or fails) hands each
+  training micro-batch to the callbacks: its tensors, without the loop's switches (``num_items_in_batch``; TRL's
+  ``use_cache``, ``fused_lm_head``). Eval forwards and the probe's own (eval mode, ``no_grad``) are skipped. On the
+  outer module the hook runs outside a compiled graph (``torch_compile=True`` gets no graph break from it);
 * ``trainer.accelerator.clip_grad_norm_``, which the ``Trainer`` calls on every optimizer step before
   ``on_pre_optimizer_step`` (to clip, or with ``inf`` to measure the norm), first tells the callbacks that the step's
   gradients are complete: the parameter-gradient norms are the unclipped ones, as in Lightning;
 * ``trainer.create_optimizer`` and ``trainer.train`` are wrapped on this instance so that a resume re-enters the
-  saved injection before the weights and the optimizer state load.
+  saved injection before the weights and the optimizer state load (and, for a ``PeftModel``, whose adapters the
+  ``Trainer`` reloads leaving all but its first inactive and frozen, puts the injected training set back before the
+  optimizer is created).
 
 Where the values go:
 
@@ -48,6 +53,7 @@ Checkpoints: every callback's state (histories, probe, CKA reference, the inject
 Refused at ``on_train_begin``, before anything trains, with the setting to change: DeepSpeed and FSDP (the
 parameter-gradient norms and the injection need whole ``.grad`` tensors and a model they can add modules to), and
 for the injection several processes (the ``Trainer``'s DDP wrapper cannot be rebuilt around the new trainable set).
+The monitors run under the ``Trainer``'s DDP, each value that of one process over the union of the ranks' examples.
 """
 
 from __future__ import annotations
