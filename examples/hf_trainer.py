@@ -45,7 +45,6 @@ from lightning_inflect.integrations.transformers import (
     CKADriftMonitor,
     GradientNormMonitor,
     InjectionCallback,
-    watch,
 )
 
 log = logging.getLogger("hf_trainer")
@@ -133,8 +132,8 @@ def main(argv: list[str] | None = None) -> Trainer:
             injection,
         ],
     )
-    watch(trainer)  # binds the callbacks to this Trainer's log path, model and optimizer
-    # (no evaluate() before train(): the TensorBoardCallback would open its writer in ./runs, not in output_dir)
+    # The callbacks bound themselves to this Trainer when it was built. No evaluate() before train(): the
+    # TensorBoardCallback would open its writer in ./runs, not in output_dir
     trainer.train()
     accuracy_after = trainer.evaluate()["eval_accuracy"]
 

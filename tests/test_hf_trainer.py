@@ -194,7 +194,7 @@ def test_injection_inside_train_keeps_logits_and_trains_exactly_the_new_set(tmp_
     assert math.isfinite(trainer.state.log_history[-1].get("train_loss", 0.0))
 
 
-def _resume_run(tmp_path, resume: bool, out: str):
+def _resume_run(tmp_path, resume: bool, out: str, use_watch: bool = True):
     torch.manual_seed(0)
     model = tiny_model("bert", **NO_DROPOUT)
     monitors = _monitors(hf)
@@ -203,7 +203,8 @@ def _resume_run(tmp_path, resume: bool, out: str):
     trainer = Trainer(
         model=model, args=args, train_dataset=TokenData(BATCH * 16, seed=1), callbacks=[*monitors, inject]
     )
-    hf.watch(trainer)
+    if use_watch:
+        hf.watch(trainer)
     trainer.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-4") if resume else None)
     return trainer, monitors, inject
 
@@ -246,14 +247,34 @@ def test_a_damaged_state_is_refused_before_the_weights_load(tmp_path):
     assert all(torch.equal(p, fresh[n]) for n, p in model.named_parameters())  # nothing loaded, nothing trained
 
 
-def test_an_unbound_callback_says_to_call_watch_and_nothing_trains(tmp_path):
-    model = tiny_model("bert", **NO_DROPOUT)
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    trainer = Trainer(model=model, args=_args(tmp_path), train_dataset=TokenData(32),
-                      callbacks=[hf.GradientNormMonitor(every_n_steps=2)])  # fmt: skip
+def test_callbacks_given_to_the_trainer_bind_themselves_and_resume_without_watch(tmp_path):
+    # Trainer(callbacks=[...]) is all a user writes: the callbacks bind in on_init_end, resume included
+    full, full_monitors, _ = _resume_run(tmp_path, resume=False, out="full")
+    resumed, monitors, inject = _resume_run(tmp_path, resume=True, out="resumed", use_watch=False)
+    assert inject.injected
+    want = dict(full.model.named_parameters())
+    assert all(torch.equal(p, want[n]) for n, p in resumed.model.named_parameters())
+    for ours, theirs in zip(monitors, full_monitors):
+        for metric, hist in ours.history.items():
+            assert hist.steps == theirs.history[metric].steps == [0, 2, 4, 6]
+            torch.testing.assert_close(hist.full(), theirs.history[metric].full(), rtol=0, atol=0, equal_nan=True)
+
+
+def test_a_callback_added_later_binds_at_train_begin_but_a_resume_needs_watch(tmp_path):
+    monitor = hf.GradientNormMonitor(every_n_steps=2)
+    args = _args(tmp_path, output_dir=str(tmp_path / "first"), save_strategy="steps", save_steps=4)
+    trainer = Trainer(model=tiny_model("bert", **NO_DROPOUT), args=args, train_dataset=TokenData(32))
+    trainer.add_callback(monitor)  # after __init__: no on_init_end for it
+    trainer.train()
+    assert monitor.history["param_grad_norm"].steps == [0, 2, 4]
+    assert any("inflect/param_grad_norm/layer_00" in row for row in trainer.state.log_history)
+    assert (tmp_path / "first" / "checkpoint-4" / hf.STATE_FILE).is_file()
+    args = _args(tmp_path, output_dir=str(tmp_path / "second"), save_strategy="steps", save_steps=4)
+    late = Trainer(model=tiny_model("bert", **NO_DROPOUT), args=args, train_dataset=TokenData(32))
+    late.add_callback(hf.GradientNormMonitor(every_n_steps=2))  # its history would restart silently: refused
     with pytest.raises(RuntimeError, match=r"watch\(trainer\)"):
-        trainer.train()
-    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+        late.train(resume_from_checkpoint=str(tmp_path / "first" / "checkpoint-4"))
+    assert late.state.global_step == 4 and not list((tmp_path / "second").iterdir())  # no step ran, nothing saved
 
 
 class _NoBlocks(torch.nn.Module):

@@ -4,20 +4,22 @@ The same four callbacks as the Lightning ones, with the same names, options, log
 as ``transformers.TrainerCallback``\\ s over the same framework-free core (:mod:`lightning_inflect.core`)::
 
     from lightning_inflect.integrations.transformers import (
-        AttentionEntropyMonitor, CKADriftMonitor, GradientNormMonitor, InjectionCallback, watch)
+        AttentionEntropyMonitor, CKADriftMonitor, GradientNormMonitor, InjectionCallback)
 
     trainer = Trainer(model=model, args=TrainingArguments("out", report_to=["tensorboard"], logging_steps=10),
                       train_dataset=train, callbacks=[AttentionEntropyMonitor(every_n_steps=10),
                                                       GradientNormMonitor(every_n_steps=10),
                                                       InjectionCallback(auto=True, at_fraction=0.3)])
-    watch(trainer)  # binds the callbacks to this Trainer's log path, model and optimizer
     trainer.train()  # or trainer.train(resume_from_checkpoint=True)
 
-Why :func:`watch`: a ``TrainerCallback`` never sees the ``Trainer``, only its arguments, state and control. The
-monitors need its log path (``Trainer.log``: the only way into ``state.log_history`` and every ``report_to``
-integration), its model's micro-batches (no callback sees a batch) and the moment the gradients are complete but
-not yet clipped (no callback runs there); a resume needs to re-attach the adapters before the ``Trainer`` loads the
-weights and the optimizer, which it does before any callback runs. ``watch(trainer)`` wires these once:
+How they reach the ``Trainer``: a ``TrainerCallback`` never sees the ``Trainer``, only its arguments, state and
+control. The monitors need its log path (``Trainer.log``: the only way into ``state.log_history`` and every
+``report_to`` integration), its model's micro-batches (no callback sees a batch) and the moment the gradients are
+complete but not yet clipped (no callback runs there); a resume needs to re-attach the adapters before the
+``Trainer`` loads the weights and the optimizer, which it does before any callback runs. So each callback given in
+``Trainer(callbacks=[...])`` binds itself, in its ``on_init_end``, to the ``Trainer`` that calls it (found a few
+frames up: the ``Trainer``'s ``__init__``) through :func:`watch`, which can also be called by hand (needed for a
+callback added with ``add_callback`` to a run that resumes). :func:`watch` wires these once per ``Trainer``:
 
 * a forward pre-hook on the module the ``Trainer`` calls (``trainer.model_wrapped``: the model, or the compiled or
   DDP module accelerate made of it; set at ``on_train_begin``, removed when ``train()`` ends or fails) hands each
@@ -58,6 +60,7 @@ The monitors run under the ``Trainer``'s DDP, each value that of one process ove
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import warnings
@@ -281,6 +284,22 @@ def _refuse_setup(owner: str, trainer: Trainer, injection: bool) -> None:
         )
 
 
+def _calling_trainer() -> Trainer | None:
+    """The ``Trainer`` whose method runs the current callback event: a ``TrainerCallback`` is never handed its
+    ``Trainer``, but its events are called from the ``Trainer``'s own methods (``__init__`` for ``on_init_end``,
+    the training loop for ``on_train_begin``), a few frames up."""
+    frame = inspect.currentframe()
+    try:
+        while frame is not None:
+            obj = frame.f_locals.get("self")
+            if isinstance(obj, Trainer):
+                return obj
+            frame = frame.f_back
+        return None
+    finally:
+        del frame
+
+
 def _epoch(state: Any) -> int:
     """The index of the epoch that starts (``state.epoch`` is a float, exact at epoch boundaries)."""
     e = float(state.epoch or 0.0)
@@ -293,17 +312,31 @@ class _HFGlue(TrainerCallback):
     _hf: HFHost | None = None
     _active = False
 
-    def _bound(self) -> HFHost:
+    def on_init_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """A ``Trainer`` built with this callback in ``callbacks=[...]`` has just finished its ``__init__``: bind
+        to it (:func:`watch`), so that nothing else is needed, resume included."""
+        trainer = _calling_trainer()
+        if trainer is not None and (self._hf is None or self._hf.trainer is not trainer):
+            watch(trainer)
+
+    def _bound(self, state: Any) -> HFHost:
+        """The host of the ``Trainer`` this callback is bound to; a callback added with ``add_callback`` after the
+        ``Trainer`` was built binds now, at ``on_train_begin`` of a run that does not resume."""
+        if self._hf is None:
+            trainer = _calling_trainer()
+            if trainer is not None and not state.global_step:
+                watch(trainer)
         if self._hf is None:
             raise RuntimeError(
-                f"{type(self).__name__} is not bound to its Trainer: call "
-                "`lightning_inflect.integrations.transformers.watch(trainer)` after creating the Trainer and before "
-                "`trainer.train()` (a TrainerCallback never sees the Trainer, whose log path and model it needs)."
+                f"{type(self).__name__} is not bound to its Trainer, which it binds to by itself only when given in "
+                "`Trainer(callbacks=[...])`: call `lightning_inflect.integrations.transformers.watch(trainer)` "
+                "before `trainer.train()` (needed to resume: the adapters and the state are entered before the "
+                "Trainer loads the weights)."
             )
         return self._hf
 
-    def _start(self, injection: bool) -> HFHost:
-        host = self._bound()
+    def _start(self, injection: bool, state: Any) -> HFHost:
+        host = self._bound(state)
         _refuse_setup(type(self).__name__, host.trainer, injection)
         self._active = True
         return host
@@ -324,7 +357,7 @@ class _HFMonitor(MonitorCore, _HFGlue):
     """Hugging Face glue of the monitors: each event hands the :class:`HFHost` to the core."""
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        host = self._start(injection=False)
+        host = self._start(injection=False, state=state)
         self._checkpoint = host.resume_from
         self.begin_fit(host, host.model)
         saved = _saved_states(host).get(self.state_key)
@@ -387,7 +420,7 @@ class InjectionCallback(InjectionCore, _HFGlue):
     _resumed_setup: dict[str, Any] | None = None
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        host = self._start(injection=True)
+        host = self._start(injection=True, state=state)
         if self._fit is None:  # a resume began the fit already, to re-attach the adapters before the weights loaded
             self.begin_fit(host, host.model)
         epochs = args.num_train_epochs if args.max_steps <= 0 else None
@@ -461,14 +494,7 @@ class _Wiring:
         self.saved: dict[str, Any] = {}
         self._last_complete: int | None = None
         self._hook: Any = None  # on the module the Trainer calls, from on_train_begin on (see hook_model)
-        accelerator = trainer.accelerator
-        clip = accelerator.clip_grad_norm_
-
-        def clip_grad_norm_(*args: Any, **kwargs: Any) -> Any:
-            self._complete()
-            return clip(*args, **kwargs)
-
-        accelerator.clip_grad_norm_ = clip_grad_norm_
+        self.wrap_clip(trainer.accelerator)
         create = trainer.create_optimizer
 
         def create_optimizer(*args: Any, **kwargs: Any) -> Any:
@@ -510,10 +536,26 @@ class _Wiring:
         from ``on_train_begin`` on. On the outer module the hook runs outside a compiled graph, so that it neither
         breaks nor is traced into it (the monitors then hold the ``force_eager`` stance on logging steps only)."""
         self.unhook_model()
+        self.wrap_clip(trainer.accelerator)
         module = getattr(trainer, "model_wrapped", None)
         if not isinstance(module, torch.nn.Module):
             module = _model_of(trainer)
         self._hook = module.register_forward_pre_hook(self._pre_forward, with_kwargs=True)
+
+    def wrap_clip(self, accelerator: Any) -> None:
+        """Tell the callbacks that a step's gradients are complete, unclipped, when the ``Trainer`` calls
+        ``accelerator.clip_grad_norm_`` (every optimizer step, before ``on_pre_optimizer_step``). Idempotent; done
+        again at each ``on_train_begin``, since a hyper-parameter search builds a new accelerator."""
+        if getattr(accelerator.clip_grad_norm_, "_inflect_wiring", None) is self:
+            return
+        clip = accelerator.clip_grad_norm_
+
+        def clip_grad_norm_(*args: Any, **kwargs: Any) -> Any:
+            self._complete()
+            return clip(*args, **kwargs)
+
+        clip_grad_norm_._inflect_wiring = self  # type: ignore[attr-defined]
+        accelerator.clip_grad_norm_ = clip_grad_norm_
 
     def unhook_model(self) -> None:
         if self._hook is not None:
@@ -638,8 +680,10 @@ _WIRINGS: weakref.WeakKeyDictionary[Trainer, _Wiring] = weakref.WeakKeyDictionar
 
 def watch(trainer: Trainer, *callbacks: TrainerCallback) -> Trainer:
     """Bind the inflect callbacks of ``trainer`` (those in its ``callbacks=[...]``, and ``callbacks`` given here,
-    which are added) to it, and wire the hooks they need (see the module's documentation). Call it once, after
-    creating the ``Trainer`` and before ``trainer.train()``; returns ``trainer``.
+    which are added) to it, and wire the hooks they need (see the module's documentation); returns ``trainer``.
+
+    The callbacks given to the ``Trainer``'s constructor call it themselves. Call it by hand for callbacks added
+    later (``trainer.add_callback``) to a run that resumes, before ``trainer.train()``. Calling it again is harmless.
 
     Raises:
         TypeError: when ``trainer`` is not a ``transformers.Trainer``, or a callback is not a ``TrainerCallback``.
