@@ -439,3 +439,24 @@ def test_a_probe_the_model_cannot_take_is_refused_at_train_begin(tmp_path):
         trainer.train()
     assert "pixel_values" in str(err.value) and trainer.state.global_step == 0
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
+def test_no_hook_is_left_on_the_model_after_train_or_when_it_fails(tmp_path):
+    model = tiny_model("bert", **NO_DROPOUT)
+    before = (len(model._forward_pre_hooks), len(model._forward_hooks))
+    trainer = Trainer(model=model, args=_args(tmp_path), train_dataset=TokenData(BATCH * STEPS, seed=1),
+                      callbacks=_monitors(hf))  # fmt: skip
+    trainer.train()
+    assert (len(model._forward_pre_hooks), len(model._forward_hooks)) == before
+    assert all(not m._forward_hooks and not m._backward_hooks for m in model.modules())  # no capture hook either
+    trainer.train()  # a second train() on the same Trainer: one clip wrapper, the same values again at step 0
+    clip = trainer.accelerator.clip_grad_norm_
+    assert getattr(clip, "_inflect_wiring", None) is not None
+    inner = [c.cell_contents for c in clip.__closure__ or () if callable(c.cell_contents)]
+    assert inner and not any(hasattr(f, "_inflect_wiring") for f in inner)  # it wraps accelerate's, not itself
+    bad = TokenData(BATCH * STEPS, seed=1)
+    bad.ids = bad.ids[:, :0]  # empty sequences: the model fails inside train()
+    failing = Trainer(model=model, args=_args(tmp_path / "f"), train_dataset=bad, callbacks=_monitors(hf))
+    with pytest.raises(Exception):  # noqa: B017 (whatever the model raises)
+        failing.train()
+    assert (len(model._forward_pre_hooks), len(model._forward_hooks)) == before
