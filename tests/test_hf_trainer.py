@@ -460,3 +460,19 @@ def test_no_hook_is_left_on_the_model_after_train_or_when_it_fails(tmp_path):
     with pytest.raises(Exception):  # noqa: B017 (whatever the model raises)
         failing.train()
     assert (len(model._forward_pre_hooks), len(model._forward_hooks)) == before
+
+
+def test_gradient_checkpointing_gives_the_same_values(tmp_path):
+    # the blocks' forwards run again inside the backward: the activation-gradient hooks must count each block once
+    runs = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        monitors = _monitors(hf)
+        model = tiny_model("bert", **NO_DROPOUT)
+        _hf_run(tmp_path / str(checkpointing), model, 1, monitors, gradient_checkpointing=checkpointing)
+        assert any(getattr(m, "gradient_checkpointing", False) for m in model.modules()) == checkpointing
+        runs.append(monitors)
+    for plain, checkpointed in zip(*runs):
+        for metric, hist in plain.history.items():
+            assert checkpointed.history[metric].steps == hist.steps == [0, 2, 4]
+            torch.testing.assert_close(checkpointed.history[metric].full(), hist.full(), rtol=1e-5, atol=1e-7)
