@@ -494,7 +494,8 @@ class _Wiring:
         self.saved: dict[str, Any] = {}
         self._last_complete: int | None = None
         self._hook: Any = None  # on the module the Trainer calls, from on_train_begin on (see hook_model)
-        self.wrap_clip(trainer.accelerator)
+        self._model: torch.nn.Module | None = None  # the Trainer's model while hooked
+        self._live: list[Any] | None = None  # this train()'s active inflect callbacks, from its first forward on
         create = trainer.create_optimizer
 
         def create_optimizer(*args: Any, **kwargs: Any) -> Any:
@@ -528,7 +529,11 @@ class _Wiring:
             cb._hf = self.host
 
     def _active(self) -> list[Any]:
-        return [cb for cb in self.callbacks() if cb._active]
+        """The inflect callbacks of the running ``train()``: looked up once, at its first forward (every
+        ``on_train_begin`` has run by then), not on every micro-batch."""
+        if self._live is None:
+            self._live = [cb for cb in self.callbacks() if cb._active]
+        return self._live
 
     def hook_model(self, trainer: Trainer) -> None:
         """Hand each training micro-batch to the callbacks: a forward pre-hook on the module the ``Trainer`` calls,
@@ -537,15 +542,16 @@ class _Wiring:
         breaks nor is traced into it (the monitors then hold the ``force_eager`` stance on logging steps only)."""
         self.unhook_model()
         self.wrap_clip(trainer.accelerator)
+        self._model = _model_of(trainer)
         module = getattr(trainer, "model_wrapped", None)
         if not isinstance(module, torch.nn.Module):
-            module = _model_of(trainer)
+            module = self._model
         self._hook = module.register_forward_pre_hook(self._pre_forward, with_kwargs=True)
 
     def wrap_clip(self, accelerator: Any) -> None:
         """Tell the callbacks that a step's gradients are complete, unclipped, when the ``Trainer`` calls
-        ``accelerator.clip_grad_norm_`` (every optimizer step, before ``on_pre_optimizer_step``). Idempotent; done
-        again at each ``on_train_begin``, since a hyper-parameter search builds a new accelerator."""
+        ``accelerator.clip_grad_norm_`` (every optimizer step, before ``on_pre_optimizer_step``). Idempotent; done at
+        each ``on_train_begin``, since a hyper-parameter search builds a new accelerator."""
         if getattr(accelerator.clip_grad_norm_, "_inflect_wiring", None) is self:
             return
         clip = accelerator.clip_grad_norm_
@@ -561,9 +567,10 @@ class _Wiring:
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
+        self._model, self._live = None, None
 
     def _pre_forward(self, module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
-        if not self.host.model.training or not torch.is_grad_enabled():
+        if self._model is None or not self._model.training or not torch.is_grad_enabled():
             return  # evaluation, prediction, the probe's own forward
         active = self._active()
         if not active:
