@@ -302,20 +302,14 @@ class InjectionCore:
             lora_config, r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=target_modules
         )
         self.target_modules: list[str] | None = None  # names inside a block, known at begin_fit
-        self.include_mlp = include_mlp
-        self.freeze_backbone = freeze_backbone
-        self.keep_trainable = list(keep_trainable)
-        self.on_empty = on_empty
-        self.fallback_selector = fallback_selector
+        self.include_mlp, self.freeze_backbone, self.keep_trainable = include_mlp, freeze_backbone, list(keep_trainable)
+        self.on_empty, self.fallback_selector = on_empty, fallback_selector
         self.export, self.export_merged, self.export_dir = export, export_merged, export_dir
         self.model_attr, self.layers_path = model_attr, layers_path
-        self.log_key_prefix = log_key_prefix
-        self.adapter_name = adapter_name
-        self.probe_inputs = probe_inputs
-        self.train_user_adapters = train_user_adapters
-        self.lifecycle = InjectionLifecycle(
-            self.schedule, owner=f"{type(self).__name__} (state key {self.state_key!r})"
-        )
+        self.log_key_prefix, self.adapter_name = log_key_prefix, adapter_name
+        self.probe_inputs, self.train_user_adapters = probe_inputs, train_user_adapters
+        owner = f"{type(self).__name__} (state key {self.state_key!r})"
+        self.lifecycle = InjectionLifecycle(self.schedule, owner=owner)
 
     # --------------------------------------------------------------------------------------------- questions
     @property
