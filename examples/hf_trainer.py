@@ -47,8 +47,6 @@ from lightning_inflect.integrations.transformers import (
     InjectionCallback,
 )
 
-log = logging.getLogger("hf_trainer")
-
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
